@@ -1,0 +1,3 @@
+from aiperimeter.cli.main import main
+
+main()

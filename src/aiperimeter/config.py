@@ -1,0 +1,222 @@
+"""Settings: typed models, loaded from defaults < YAML file < environment < command-line flags.
+
+Every validation error names its source (file or variable) and field, and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from aiperimeter.errors import ConfigError
+from aiperimeter.sensitive import Secret
+
+Kind = Literal["ollama", "openai", "vllm", "llamacpp", "anthropic"]
+KINDS: tuple[Kind, ...] = ("ollama", "openai", "vllm", "llamacpp", "anthropic")
+DEFAULT_LISTEN = "127.0.0.1:8787"
+ENV_PREFIX = "AIPERIMETER_"
+
+
+def default_data_dir() -> Path:
+    """$AIPERIMETER_HOME, else the per-user data folder. The gateway and `keys` agree by calling this."""
+    home = os.environ.get("AIPERIMETER_HOME")
+    if home:
+        return Path(home).expanduser()
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "aiperimeter"
+
+
+def split_host_port(value: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """Parse `host:port`, `[v6]:port` or `port`. Raises ValueError with a readable message."""
+    value = value.strip()
+    if value.isdigit():
+        host, port_text = "127.0.0.1", value
+    elif value.startswith("["):
+        host, sep, rest = value[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{value!r} is not [IPv6]:PORT")
+        port_text = rest[1:]
+    elif value.count(":") == 1:
+        host, port_text = value.split(":")
+    elif ":" in value:
+        raise ValueError(f"{value!r}: write an IPv6 address in brackets, as [::1]:8787")
+    else:
+        host, port_text = value, ""
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{value!r} has no port; write HOST:PORT")
+        port_text = str(default_port)
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{value!r}: the port must be a number from 0 to 65535")
+    if not host:
+        raise ValueError(f"{value!r} has no host; write 127.0.0.1:PORT to stay on this machine")
+    return host, int(port_text)
+
+
+def is_loopback_host(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Timeouts(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    connect: float = Field(5.0, gt=0, description="seconds to open a connection to the upstream")
+    first_byte: float = Field(300.0, gt=0, description="seconds until the upstream sends response headers")
+    idle: float = Field(120.0, gt=0, description="seconds of silence allowed between response chunks")
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    upstream: str
+    kind: Kind = "openai"
+    listen: str = DEFAULT_LISTEN
+    expose: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    data_dir: Path = Field(default_factory=default_data_dir)
+    workers: int = Field(1, ge=1, le=64)
+    allowed_hosts: tuple[str, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    upstream_api_key: Secret | None = None
+    max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    audit_log: str = "file"
+    key_cache_ttl: float = Field(5.0, gt=0, le=60)
+    revocation_poll: float = Field(0.25, gt=0, le=1)
+
+    @field_validator("upstream")
+    @classmethod
+    def _upstream(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL with a host, as http://127.0.0.1:11434")
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; use upstream_api_key for an upstream key")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        split_host_port(value)
+        return value
+
+    @field_validator("upstream_api_key", mode="before")
+    @classmethod
+    def _wrap_secret(cls, value: object) -> object:
+        if isinstance(value, str):
+            return Secret(value) if value else None
+        return value
+
+    @field_validator("audit_log")
+    @classmethod
+    def _audit(cls, value: str) -> str:
+        if not value:
+            raise ValueError("use 'file' (audit.jsonl in the data dir), 'stdout', or a file path")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> GatewaySettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: give both or neither")
+        return self
+
+    @property
+    def listen_host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+    @property
+    def audit_path(self) -> Path | None:
+        if self.audit_log == "stdout":
+            return None
+        if self.audit_log == "file":
+            return self.data_dir / "audit.jsonl"
+        return Path(self.audit_log).expanduser()
+
+
+_ENV_FIELDS = {
+    "UPSTREAM": "upstream",
+    "KIND": "kind",
+    "LISTEN": "listen",
+    "WORKERS": "workers",
+    "UPSTREAM_API_KEY": "upstream_api_key",
+    "AUDIT_LOG": "audit_log",
+}
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        field = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown setting; check the spelling against the configuration reference in the README"
+        lines.append(f"{field}: {message}")
+    return "; ".join(lines)
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", source=str(path)) from None
+    except UnicodeDecodeError:
+        raise ConfigError("is not UTF-8 text", source=str(path)) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"is not valid YAML{where}", source=str(path)) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("must be a mapping of settings (key: value)", source=str(path))
+    return data
+
+
+def load_gateway_settings(config_file: Path | None, overrides: dict[str, Any]) -> GatewaySettings:
+    """Merge the file, the environment and explicit overrides (None values are ignored) into settings."""
+    merged: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    if config_file is not None:
+        for key, value in read_yaml(config_file).items():
+            merged[key] = value
+            sources[key] = str(config_file)
+    for suffix, field in _ENV_FIELDS.items():
+        value = os.environ.get(ENV_PREFIX + suffix)
+        if value:
+            merged[field] = value
+            sources[field] = ENV_PREFIX + suffix
+    for key, value in overrides.items():
+        if value is not None:
+            merged[key] = value
+            sources[key] = "command line"
+    if "upstream" not in merged:
+        raise ConfigError(
+            "no upstream given: pass --upstream URL (for example --upstream http://127.0.0.1:11434 --kind ollama)"
+        )
+    if "kind" not in merged:
+        merged["kind"] = "ollama" if urlsplit(str(merged["upstream"])).port == 11434 else "openai"
+    try:
+        return GatewaySettings(**merged)
+    except ValidationError as exc:
+        first = str(exc.errors()[0]["loc"][0]) if exc.errors() and exc.errors()[0]["loc"] else ""
+        raise ConfigError(_describe(exc), source=sources.get(first, "settings")) from None

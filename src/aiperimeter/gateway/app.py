@@ -1,0 +1,141 @@
+"""Wires the gateway: builds the stages in their one order and serves them through aiohttp's low-level server."""
+
+from __future__ import annotations
+
+import time
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from aiperimeter.config import GatewaySettings, is_loopback_host
+from aiperimeter.errors import ConfigError
+from aiperimeter.gateway.keycache import KeyCache
+from aiperimeter.gateway.pipeline import Pipeline, Stage
+from aiperimeter.gateway.routes import RouteTable
+from aiperimeter.gateway.stages.account import Account
+from aiperimeter.gateway.stages.audit_log import AuditLog, AuditSink
+from aiperimeter.gateway.stages.authenticate import Authenticate
+from aiperimeter.gateway.stages.forward import Forward
+from aiperimeter.gateway.stages.host_guard import HostGuard
+from aiperimeter.gateway.stages.request_body import RequestBody
+from aiperimeter.gateway.stages.route_policy import RoutePolicy
+from aiperimeter.gateway.upstream import credential_header, new_session
+from aiperimeter.state.base import KeyStore, open_key_store
+
+# The only routes served without a credential. They reveal nothing about the upstream or versions.
+PUBLIC_ROUTES = frozenset({("GET", "/healthz"), ("HEAD", "/healthz")})
+_HEALTH_BODY = orjson.dumps({"status": "ok"})
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+def allowed_hosts(settings: GatewaySettings) -> frozenset[str]:
+    hosts = set(LOOPBACK_NAMES) | set(settings.allowed_hosts)
+    if settings.listen_host not in ("0.0.0.0", "::"):
+        hosts.add(settings.listen_host.lower())
+    return frozenset(hosts)
+
+
+def build_pipeline(
+    settings: GatewaySettings, keys: KeyCache, session: aiohttp.ClientSession, sink: AuditSink
+) -> Pipeline:
+    """The gateway's stages, in the order every request meets them:
+
+    1. host_guard    - Host and Origin on the allowlist (DNS rebinding); the raw target parsed, ambiguity refused
+    2. authenticate  - exactly one valid, unexpired, unrevoked key
+    3. route_policy  - method and exact path on the upstream kind's allowlist; admin routes need the admin scope
+    4. request_body  - body read within its limit, JSON parsed once, the key's model scope enforced
+    5. forward       - the authorised path sent upstream, the response relayed chunk by chunk
+    6. account       - token usage read from the response events
+    7. audit_log     - one record per request, whatever happened
+    """
+    forward = Forward(
+        session,
+        settings.upstream,
+        credential_header(settings.kind, settings.upstream_api_key),
+        first_byte_timeout=settings.timeouts.first_byte,
+        idle_timeout=settings.timeouts.idle,
+    )
+    stages: list[Stage] = [
+        HostGuard(allowed_hosts(settings), frozenset(settings.cors_origins)),
+        Authenticate(keys),
+        RoutePolicy(RouteTable.for_kind(settings.kind), settings.kind),
+        RequestBody(settings.max_body_bytes),
+        forward,
+        Account(),
+        AuditLog(sink),
+    ]
+    pipeline = Pipeline(stages)
+    forward.emit = pipeline.emit if pipeline.event_hooks else None
+    return pipeline
+
+
+async def require_credentials(store: KeyStore, settings: GatewaySettings) -> None:
+    """No credential, no gateway: there is no default secret to fall back on."""
+    if not await store.has_active(time.time()):
+        raise ConfigError(
+            "no active API key exists, so no request could ever be served. Create one first:\n"
+            f"    aiperimeter keys create --name my-app --data-dir {settings.data_dir}",
+            source=str(settings.data_dir),
+        )
+
+
+def exposure_warning(settings: GatewaySettings) -> str | None:
+    """Refuse a non-loopback listener unless asked for; warn about it unless TLS protects the keys in transit."""
+    host = settings.listen_host
+    if is_loopback_host(host):
+        return None
+    if not settings.expose:
+        raise ConfigError(
+            f"{settings.listen} is reachable from other machines. The gateway listens on loopback by default; "
+            "to serve other hosts, pass --expose (and preferably --tls-cert/--tls-key)",
+            field="listen",
+        )
+    if settings.tls_cert is not None:
+        return None
+    return (
+        f"WARNING: listening on {settings.listen} without TLS. Every host that can reach this address can send "
+        f"requests to the {settings.kind} model server at {settings.upstream} with a key, and API keys cross the "
+        "network in clear text. Configure --tls-cert/--tls-key, or put TLS in front."
+    )
+
+
+class Gateway:
+    """One worker's gateway: the store, the key cache, the upstream pool, the audit sink and the pipeline."""
+
+    def __init__(self, settings: GatewaySettings, store: KeyStore | None = None) -> None:
+        self.settings = settings
+        self.store = store or open_key_store(settings.data_dir)
+        self.keys = KeyCache(self.store, ttl=settings.key_cache_ttl, poll=settings.revocation_poll)
+        self.sink = AuditSink(settings.audit_path)
+        self.session: aiohttp.ClientSession | None = None
+        self.pipeline: Pipeline | None = None
+
+    async def start(self) -> web.Server:
+        await require_credentials(self.store, self.settings)
+        await self.keys.start()
+        self.session = new_session(self.settings)
+        self.pipeline = build_pipeline(self.settings, self.keys, self.session, self.sink)
+        handle = self.pipeline.handle
+
+        async def handler(request: web.BaseRequest) -> web.StreamResponse:
+            if (request.method, request.raw_path) in PUBLIC_ROUTES:
+                return web.Response(body=_HEALTH_BODY, content_type="application/json")
+            return await handle(request)
+
+        return web.Server(
+            handler,
+            handler_cancellation=True,  # a client that goes away cancels its upstream request
+            access_log=None,
+            auto_decompress=False,  # compressed request bodies are refused, never inflated
+            max_line_size=8190,
+            max_field_size=8190,
+            max_headers=100,
+        )
+
+    async def close(self) -> None:
+        await self.keys.stop()
+        if self.session is not None:
+            await self.session.close()
+        await self.store.close()
+        self.sink.close()

@@ -1,0 +1,72 @@
+"""Verified keys cached per worker, bounded in time and evicted by the store's change feed.
+
+A cached key lives at most `ttl` seconds, so even a lost change cannot keep a revoked key alive longer than that;
+the follower polls the store's change feed every `poll` seconds and evicts changed keys at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiperimeter.keys import KeyRecord
+from aiperimeter.state.base import KeyStore
+
+log = logging.getLogger("aiperimeter.gateway")
+
+
+class KeyCache:
+    def __init__(self, store: KeyStore, *, ttl: float, poll: float, max_entries: int = 100_000) -> None:
+        self.store = store
+        self.ttl = ttl
+        self.poll = poll
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[KeyRecord, float]] = {}
+        self._cursor = -1
+        self._task: asyncio.Task[None] | None = None
+
+    async def lookup(self, secret_hash: str) -> KeyRecord | None:
+        now = time.monotonic()
+        entry = self._entries.get(secret_hash)
+        if entry is not None and entry[1] > now:
+            return entry[0]
+        record = await self.store.by_hash(secret_hash)
+        if record is not None:
+            if len(self._entries) >= self.max_entries:
+                self._entries.clear()
+            self._entries[secret_hash] = (record, now + self.ttl)
+        else:
+            self._entries.pop(secret_hash, None)
+        return record
+
+    def evict(self, key_ids: set[str]) -> None:
+        for secret_hash in [h for h, (r, _) in self._entries.items() if r.id in key_ids]:
+            del self._entries[secret_hash]
+
+    async def start(self) -> None:
+        _, self._cursor = await self.store.changes_since(-1)
+        self._task = asyncio.create_task(self._follow(), name="key-change-follower")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _follow(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.poll)
+            try:
+                changed, self._cursor = await self.store.changes_since(self._cursor)
+            except Exception:
+                # Cached keys still expire by TTL; unknown keys get 503 from the store itself.
+                if not failing:
+                    log.warning("cannot read key changes from the store; cached keys expire within %.0fs", self.ttl)
+                failing = True
+                continue
+            if failing:
+                log.info("key change feed is readable again")
+                failing = False
+            if changed:
+                self.evict(set(changed))

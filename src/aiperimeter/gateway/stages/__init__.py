@@ -1,0 +1,1 @@
+"""One stage per module; `gateway.app.build_pipeline` puts them in order."""

@@ -1,0 +1,68 @@
+"""Stage 7: one JSON line per request, whatever its outcome. Never a credential, no prompt or completion text.
+
+Each record is one `write()` on a file opened with O_APPEND, so workers sharing the file never interleave lines
+and a crash loses nothing that was written.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, ClassVar
+
+import orjson
+
+from aiperimeter.gateway.pipeline import Exchange, Outcome, Stage
+
+
+class AuditSink:
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        if path is None:
+            self._fd = sys.stdout.fileno()
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+
+    def write(self, record: dict[str, Any]) -> None:
+        os.write(self._fd, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+
+    def close(self) -> None:
+        if self.path is not None:
+            os.close(self._fd)
+
+
+class AuditLog(Stage):
+    name: ClassVar[str] = "audit_log"
+
+    def __init__(self, sink: AuditSink) -> None:
+        self.sink = sink
+        self.pid = os.getpid()
+
+    async def on_finish(self, ex: Exchange, outcome: Outcome) -> None:
+        status = ex.status or (499 if outcome is Outcome.CLIENT_DISCONNECTED else 500)
+        self.sink.write(
+            {
+                "time": time.time(),
+                "request_id": ex.request_id,
+                "key_id": ex.key.id if ex.key is not None else None,
+                "client": ex.client,
+                "method": ex.method,
+                # A refused target is logged as sent, without its query (which may carry secrets), truncated.
+                "path": ex.path or ex.request.raw_path.partition("?")[0][:256],
+                "route": ex.route.cls if ex.route is not None else None,
+                "model": ex.model,
+                "status": status,
+                "outcome": outcome.value,
+                "deny": ex.deny_code,
+                "stream": ex.stream,
+                "upstream_ms": round(ex.upstream_ms, 3) if ex.upstream_ms is not None else None,
+                "total_ms": round((time.perf_counter() - ex.started) * 1000, 3),
+                "bytes_in": ex.bytes_in,
+                "bytes_out": ex.bytes_out,
+                "usage": ex.usage.as_dict(),
+                "pid": self.pid,
+            }
+        )

@@ -1,0 +1,63 @@
+"""Stage 2: every request carries a valid key, or stops here with 401 and the upstream never hears of it.
+
+Accepted: `Authorization: Bearer <key>` or `x-api-key: <key>` (Anthropic clients). Never from a query string.
+Duplicated or conflicting credentials are refused rather than guessed at.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from typing import ClassVar
+
+from multidict import CIMultiDictProxy
+
+from aiperimeter.errors import Unauthenticated
+from aiperimeter.gateway.keycache import KeyCache
+from aiperimeter.gateway.pipeline import Exchange, Stage
+from aiperimeter.keys import hash_key, parse_key
+
+HOW = "Send your aiperimeter key as 'Authorization: Bearer aip_...'."
+
+
+def presented_key(headers: CIMultiDictProxy[str]) -> str:
+    """The one credential the request presents; raises Unauthenticated when there is none or it is ambiguous."""
+    authorization = headers.getall("Authorization", ())
+    api_key = headers.getall("x-api-key", ())
+    if len(authorization) + len(api_key) == 0:
+        raise Unauthenticated("missing_credentials", f"No API key was sent. {HOW}")
+    if len(authorization) > 1 or len(api_key) > 1:
+        raise Unauthenticated("malformed_credentials", f"Send exactly one credential. {HOW}")
+    candidates = []
+    if authorization:
+        scheme, _, token = authorization[0].partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("malformed_credentials", f"The Authorization header is not a Bearer key. {HOW}")
+        candidates.append(token.strip())
+    if api_key:
+        candidates.append(api_key[0].strip())
+    if len(candidates) == 2 and not hmac.compare_digest(candidates[0], candidates[1]):
+        raise Unauthenticated("malformed_credentials", "Authorization and x-api-key name different keys.")
+    return candidates[0]
+
+
+class Authenticate(Stage):
+    name: ClassVar[str] = "authenticate"
+
+    def __init__(self, keys: KeyCache) -> None:
+        self.keys = keys
+
+    async def on_request(self, ex: Exchange) -> None:
+        token = presented_key(ex.request.headers)
+        if not token.isascii() or parse_key(token) is None:
+            raise Unauthenticated("malformed_credentials", f"The API key is not an aiperimeter key. {HOW}")
+        secret_hash = hash_key(token)
+        record = await self.keys.lookup(secret_hash)
+        if record is None or not hmac.compare_digest(record.secret_hash, secret_hash):
+            raise Unauthenticated("invalid_key", "The API key is not valid.")
+        status = record.status(time.time())
+        if status == "revoked":
+            raise Unauthenticated("key_revoked", "The API key has been revoked.")
+        if status == "expired":
+            raise Unauthenticated("key_expired", "The API key has expired.")
+        ex.key = record

@@ -1,0 +1,121 @@
+"""Stage 5: send the authorised request upstream and relay the response, chunk by chunk as it arrives.
+
+The path sent is the path that was authorised, byte for byte (`encoded=True`: no re-quoting, no normalising).
+Each chunk is written to the client as soon as it arrives and framed into events for the response-side stages.
+A client disconnect cancels this task, which closes the upstream request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import ClassVar
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict
+from yarl import URL
+
+from aiperimeter.errors import UpstreamError, UpstreamTimeout
+from aiperimeter.gateway.pipeline import Exchange, Stage, StreamEvent
+from aiperimeter.gateway.streams import framer_for, is_stream
+from aiperimeter.gateway.upstream import DROP_RESPONSE, upstream_headers
+
+SMALL_BODY = 64 * 1024  # fixed-length responses up to this size are relayed in one write
+
+Emit = Callable[[Exchange, StreamEvent], Awaitable[None]]
+
+
+class Forward(Stage):
+    name: ClassVar[str] = "forward"
+
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        base: str,
+        credential: tuple[str, str] | None,
+        *,
+        first_byte_timeout: float,
+        idle_timeout: float,
+    ) -> None:
+        self.session = session
+        self.base = base
+        self.credential = credential
+        self.first_byte_timeout = first_byte_timeout
+        self.idle_timeout = idle_timeout
+        self.emit: Emit | None = None  # set by the pipeline builder: the response-side stages
+
+    async def on_request(self, ex: Exchange) -> None:
+        target = self.base + ex.path + ("?" + ex.query if ex.query else "")
+        headers = upstream_headers(ex.request.headers, self.credential)
+        sent = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.first_byte_timeout):
+                upstream = await self.session.request(
+                    ex.method,
+                    URL(target, encoded=True),
+                    headers=headers,
+                    data=ex.body if ex.body or ex.method in ("POST", "PUT", "PATCH") else None,
+                    allow_redirects=False,
+                )
+        except TimeoutError:
+            raise UpstreamTimeout("upstream_timeout", "The model server did not answer in time.") from None
+        except aiohttp.ClientError:
+            raise UpstreamError("upstream_unavailable", "The model server could not be reached.") from None
+        try:
+            await self._relay(ex, upstream, sent)
+        finally:
+            upstream.release()
+
+    async def _relay(self, ex: Exchange, upstream: aiohttp.ClientResponse, sent: float) -> None:
+        ex.status = upstream.status
+        content_type = upstream.headers.get("Content-Type", "")
+        ex.stream = is_stream(content_type)
+        framer = framer_for(content_type)
+        length = upstream.content_length
+        headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE)
+        headers["x-request-id"] = ex.request_id
+        content = upstream.content
+        if not ex.stream and length is not None and length <= SMALL_BODY:
+            body = await self._read(content.readexactly(length)) if length else b""
+            ex.upstream_ms = (time.perf_counter() - sent) * 1000
+            ex.response = web.Response(status=upstream.status, body=body, headers=headers)
+            ex.bytes_out = length
+            framer.feed(body)
+            await self._emit_all(ex, framer.close())
+            return
+        if ex.stream:
+            headers["X-Accel-Buffering"] = "no"
+            headers["Cache-Control"] = "no-cache"
+        stream = web.StreamResponse(status=upstream.status, headers=headers)
+        if length is not None:
+            stream.content_length = length
+        ex.response = stream
+        await stream.prepare(ex.request)
+        while True:
+            chunk = await self._read(content.readany())
+            if not chunk:
+                break
+            await stream.write(chunk)
+            ex.bytes_out += len(chunk)
+            events = framer.feed(chunk)
+            if events:
+                await self._emit_all(ex, events)
+        ex.upstream_ms = (time.perf_counter() - sent) * 1000
+        await self._emit_all(ex, framer.close())
+        await stream.write_eof()
+
+    async def _read(self, pending: Awaitable[bytes]) -> bytes:
+        try:
+            async with asyncio.timeout(self.idle_timeout):
+                return await pending
+        except TimeoutError:
+            raise UpstreamTimeout("upstream_timeout", "The model server stopped sending.") from None
+        except (aiohttp.ClientError, asyncio.IncompleteReadError):
+            raise UpstreamError("upstream_broken", "The model server broke off the response.") from None
+
+    async def _emit_all(self, ex: Exchange, events: list[bytes]) -> None:
+        if self.emit is not None:
+            for data in events:
+                await self.emit(ex, StreamEvent(data))

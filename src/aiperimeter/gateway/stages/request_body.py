@@ -1,0 +1,105 @@
+"""Stage 4: read the body within its size limit, parse JSON bodies, and hold keys to their models.
+
+A body the gateway cannot read exactly as the upstream will (compressed, not JSON, the model named twice) is
+refused, never forwarded: a check the upstream could read differently is no check.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, ClassVar
+
+import orjson
+
+from aiperimeter.errors import BadRequest, Forbidden, PayloadTooLarge, UnsupportedMediaType
+from aiperimeter.gateway.pipeline import Exchange, Stage
+
+
+class _Pairs(dict[str, Any]):
+    """A JSON object that remembers which keys it saw more than once."""
+
+    duplicates: frozenset[str] = frozenset()
+
+
+def _pairs_hook(pairs: list[tuple[str, Any]]) -> _Pairs:
+    obj = _Pairs(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        obj.duplicates = frozenset(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+    return obj
+
+
+def parse_json_object(body: bytes, model_fields: tuple[str, ...]) -> dict[str, Any]:
+    """Parse a request body; refuse anything but one JSON object whose model fields appear once each."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise BadRequest("invalid_json", "The request body is not valid JSON (UTF-8).") from None
+    if not isinstance(doc, dict):
+        raise BadRequest("invalid_json", "The request body must be a JSON object.")
+    # orjson keeps the last of duplicate keys, other parsers the first. Look closer whenever a model field could
+    # appear twice, including spelled with escapes such as "mod\u0065l".
+    if model_fields and (b"\\u" in body or any(body.count(b'"%s"' % f.encode()) > 1 for f in model_fields)):
+        top = json.loads(body, object_pairs_hook=_pairs_hook)
+        if isinstance(top, _Pairs) and top.duplicates & set(model_fields):
+            raise BadRequest("ambiguous_model", "The request body names its model more than once.")
+    return doc
+
+
+class RequestBody(Stage):
+    name: ClassVar[str] = "request_body"
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+
+    async def _read(self, ex: Exchange) -> bytes:
+        request = ex.request
+        length = request.content_length
+        if length is not None and length > self.max_bytes:
+            raise PayloadTooLarge("body_too_large", f"The request body is larger than {self.max_bytes} bytes.")
+        chunks, size = [], 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            size += len(chunk)
+            if size > self.max_bytes:
+                raise PayloadTooLarge("body_too_large", f"The request body is larger than {self.max_bytes} bytes.")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def on_request(self, ex: Exchange) -> None:
+        route = ex.route
+        assert route is not None
+        request = ex.request
+        has_body = bool(request.content_length) or request.headers.get("Transfer-Encoding") is not None
+        if route.body == "none":
+            if has_body:
+                raise BadRequest("unexpected_body", "This route takes no request body.")
+        else:
+            encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding != "identity":
+                raise UnsupportedMediaType("encoded_body", "Send the request body uncompressed.")
+            ex.body = await self._read(ex)
+            ex.bytes_in = len(ex.body)
+            if route.body == "json":
+                ex.json = parse_json_object(ex.body, route.model_fields)
+                ex.stream = ex.json.get("stream") is True
+                ex.model = self._model_of(ex.json, route.model_fields)
+        if "model" in ex.params:
+            ex.model = ex.params["model"]
+        allowed = ex.key.models if ex.key is not None else None
+        if allowed is not None and (route.model_fields or "model" in ex.params):
+            if ex.model is None:
+                raise BadRequest("model_required", "This key is limited to some models: name the model.")
+            if ex.model not in allowed:
+                raise Forbidden("model_not_allowed", "This key may not use the requested model.")
+
+    @staticmethod
+    def _model_of(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:
+        names = {doc[f] for f in fields if f in doc}
+        if any(not isinstance(name, str) for name in names):
+            raise BadRequest("invalid_model", "The model field must be a string.")
+        if len(names) > 1:
+            raise BadRequest("ambiguous_model", "The request body names two different models.")
+        return names.pop() if names else None

@@ -1,0 +1,138 @@
+"""The gateway's API keys: their format, generation, parsing, hashing and stored record.
+
+A key reads `aip_<id>_<secret><check>`:
+- `aip_` makes a leaked key recognisable to secret scanners (ours included);
+- `<id>` is 12 characters of lowercase base32, the public id shown in listings and audit records;
+- `<secret>` is 43 base62 characters carrying 256 random bits;
+- `<check>` is 6 base62 characters of CRC-32 over everything before it, so a scanner can tell a real key from a
+  look-alike and the gateway can refuse a mistyped one without a store lookup.
+
+Only the SHA-256 of the whole key is stored. Keys are high-entropy random tokens, so a fast hash is the right
+choice (a slow password hash would burn CPU on every request and add nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import time
+import zlib
+from dataclasses import dataclass, field, replace
+from typing import Literal
+
+PREFIX = "aip_"
+ID_LEN = 12
+SECRET_LEN = 43
+CHECK_LEN = 6
+_B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_B32 = "abcdefghijklmnopqrstuvwxyz234567"
+KEY_RE = re.compile(rf"aip_([a-z2-7]{{{ID_LEN}}})_([0-9A-Za-z]{{{SECRET_LEN}}})([0-9A-Za-z]{{{CHECK_LEN}}})")
+ID_RE = re.compile(rf"[a-z2-7]{{{ID_LEN}}}")
+
+KeyStatus = Literal["active", "expired", "revoked"]
+ADMIN_SCOPE = "admin"
+KNOWN_SCOPES = frozenset({ADMIN_SCOPE})
+
+
+def _base62(number: int, width: int) -> str:
+    digits = []
+    for _ in range(width):
+        number, rem = divmod(number, 62)
+        digits.append(_B62[rem])
+    return "".join(reversed(digits))
+
+
+def _checksum(body: str) -> str:
+    return _base62(zlib.crc32(body.encode("ascii")), CHECK_LEN)
+
+
+def new_key_id() -> str:
+    return "".join(secrets.choice(_B32) for _ in range(ID_LEN))
+
+
+def generate_key(key_id: str | None = None) -> tuple[str, str]:
+    """Return (public id, full secret key)."""
+    key_id = key_id or new_key_id()
+    body = f"{PREFIX}{key_id}_{_base62(secrets.randbits(256), SECRET_LEN)}"
+    return key_id, body + _checksum(body)
+
+
+def parse_key(token: str) -> str | None:
+    """Return the public id of a well-formed key with a valid checksum, else None."""
+    match = KEY_RE.fullmatch(token)
+    if match is None:
+        return None
+    if not secrets.compare_digest(_checksum(token[:-CHECK_LEN]), match.group(3)):
+        return None
+    return match.group(1)
+
+
+def hash_key(token: str) -> str:
+    return hashlib.sha256(token.encode("ascii")).hexdigest()
+
+
+def redact(token: str) -> str:
+    """A display form that identifies the key without revealing it."""
+    key_id = parse_key(token)
+    return f"{PREFIX}{key_id}_…" if key_id else "*****"
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What the store keeps about a key. Never holds the key itself."""
+
+    id: str
+    name: str
+    secret_hash: str
+    scopes: frozenset[str] = frozenset()
+    models: frozenset[str] | None = None  # None: every model
+    created_at: float = field(default_factory=time.time)
+    expires_at: float | None = None
+    revoked_at: float | None = None
+
+    def status(self, now: float) -> KeyStatus:
+        if self.revoked_at is not None and self.revoked_at <= now:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+    def revoked(self, at: float) -> KeyRecord:
+        return replace(self, revoked_at=at)
+
+    def public(self, now: float) -> dict[str, object]:
+        """The fields safe to show anyone who may list keys."""
+        return {
+            "id": self.id,
+            "name": self.name,
+            "prefix": f"{PREFIX}{self.id}_",
+            "scopes": sorted(self.scopes),
+            "models": sorted(self.models) if self.models is not None else None,
+            "status": self.status(now),
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "revoked_at": self.revoked_at,
+        }
+
+
+def new_key(
+    name: str,
+    *,
+    scopes: frozenset[str] = frozenset(),
+    models: frozenset[str] | None = None,
+    expires_at: float | None = None,
+    now: float | None = None,
+) -> tuple[KeyRecord, str]:
+    """A fresh key: the record to store and the secret to hand over once."""
+    key_id, secret = generate_key()
+    record = KeyRecord(
+        id=key_id,
+        name=name,
+        secret_hash=hash_key(secret),
+        scopes=scopes,
+        models=models,
+        created_at=time.time() if now is None else now,
+        expires_at=expires_at,
+    )
+    return record, secret

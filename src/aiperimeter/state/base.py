@@ -1,0 +1,42 @@
+"""The protocol every key store implements, and the choice of backend from a location."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+from aiperimeter.keys import KeyRecord
+
+
+class KeyStore(Protocol):
+    """Keys and their lifecycle. Every mutation is also recorded as a change, so gateways can follow it."""
+
+    async def add(self, record: KeyRecord, actor: str) -> None: ...
+
+    async def get(self, key_id: str) -> KeyRecord | None: ...
+
+    async def by_hash(self, secret_hash: str) -> KeyRecord | None: ...
+
+    async def list_all(self) -> list[KeyRecord]: ...
+
+    async def revoke(self, key_id: str, at: float, actor: str) -> KeyRecord | None:
+        """Mark a key revoked; return the updated record, or None when no such key exists."""
+        ...
+
+    async def has_active(self, now: float) -> bool: ...
+
+    async def changes_since(self, cursor: int) -> tuple[list[str], int]:
+        """Ids of keys changed after `cursor`, and the new cursor. A cursor of -1 asks only for the current one."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+DB_FILE = "aiperimeter.db"
+
+
+def open_key_store(data_dir: Path) -> KeyStore:
+    """The embedded default: SQLite in the data dir."""
+    from aiperimeter.state.sqlite import SQLiteKeyStore
+
+    return SQLiteKeyStore(data_dir / DB_FILE)
