@@ -12,20 +12,17 @@ from aiperimeter.config import KINDS, load_gateway_settings
 from aiperimeter.gateway.app import exposure_warning
 from aiperimeter.gateway.server import run
 
-HELP = f"""Run the zero-trust gateway in front of a model server.
-
-Every request needs an aiperimeter key (create one with 'aiperimeter keys create'); only the routes the upstream
-kind's allowlist admits are forwarded, admin routes only for admin keys. Listens on 127.0.0.1 unless told otherwise.
-
-Examples:
-
-  aiperimeter gateway --upstream http://127.0.0.1:11434 --kind ollama
-
-  aiperimeter gateway --upstream http://10.0.0.5:8000 --kind vllm --listen 0.0.0.0:8787 --expose \\
-      --tls-cert cert.pem --tls-key key.pem --workers 2
-
-Kinds: {", ".join(KINDS)}. Settings can also come from --config FILE (YAML) and AIPERIMETER_* variables.
-"""
+HELP = (
+    "Run the zero-trust gateway in front of a model server.\n\n"
+    "Every request needs an aiperimeter key (create one with 'aiperimeter keys create --name NAME'). Only the routes "
+    "the upstream kind's allowlist admits are forwarded, admin routes (model pull, delete, ...) only for admin keys. "
+    "Listens on 127.0.0.1 unless told otherwise.\n\n"
+    "Examples:\n\n"
+    "aiperimeter gateway --upstream http://127.0.0.1:11434 --kind ollama\n\n"
+    "aiperimeter gateway --upstream http://10.0.0.5:8000 --kind vllm --listen 0.0.0.0:8787 --expose "
+    "--tls-cert cert.pem --tls-key key.pem --workers 2\n\n"
+    f"Kinds: {', '.join(KINDS)}. Settings can also come from --config FILE (YAML) and AIPERIMETER_* variables."
+)
 
 
 def gateway(

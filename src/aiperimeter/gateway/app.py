@@ -11,7 +11,7 @@ from aiohttp import web
 from aiperimeter.config import GatewaySettings, is_loopback_host
 from aiperimeter.errors import ConfigError
 from aiperimeter.gateway.keycache import KeyCache
-from aiperimeter.gateway.pipeline import Pipeline, Stage
+from aiperimeter.gateway.pipeline import SERVER_HEADER, Pipeline, Stage
 from aiperimeter.gateway.routes import RouteTable
 from aiperimeter.gateway.stages.account import Account
 from aiperimeter.gateway.stages.audit_log import AuditLog, AuditSink
@@ -26,6 +26,7 @@ from aiperimeter.state.base import KeyStore, open_key_store
 # The only routes served without a credential. They reveal nothing about the upstream or versions.
 PUBLIC_ROUTES = frozenset({("GET", "/healthz"), ("HEAD", "/healthz")})
 _HEALTH_BODY = orjson.dumps({"status": "ok"})
+_HEALTH_HEADERS = {"Server": SERVER_HEADER, "Cache-Control": "no-store"}
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -94,7 +95,7 @@ def exposure_warning(settings: GatewaySettings) -> str | None:
     if settings.tls_cert is not None:
         return None
     return (
-        f"WARNING: listening on {settings.listen} without TLS. Every host that can reach this address can send "
+        f"WARNING: serving {settings.listen} without TLS. Every host that can reach this address can send "
         f"requests to the {settings.kind} model server at {settings.upstream} with a key, and API keys cross the "
         "network in clear text. Configure --tls-cert/--tls-key, or put TLS in front."
     )
@@ -120,7 +121,7 @@ class Gateway:
 
         async def handler(request: web.BaseRequest) -> web.StreamResponse:
             if (request.method, request.raw_path) in PUBLIC_ROUTES:
-                return web.Response(body=_HEALTH_BODY, content_type="application/json")
+                return web.Response(body=_HEALTH_BODY, content_type="application/json", headers=_HEALTH_HEADERS)
             return await handle(request)
 
         return web.Server(

@@ -96,11 +96,16 @@ def _overrides(stage: Stage, hook: str) -> bool:
     return getattr(type(stage), hook) is not getattr(Stage, hook)
 
 
+# Replaces aiohttp's default, which names Python's and aiohttp's versions.
+SERVER_HEADER = "aiperimeter"
+
+
 def error_response(ex: Exchange, failure: HTTPFailure) -> web.Response:
     response = web.Response(
         status=failure.status, body=failure.body(), content_type="application/json", headers=failure.headers
     )
     response.headers["x-request-id"] = ex.request_id
+    response.headers["Server"] = SERVER_HEADER
     return response
 
 

@@ -18,7 +18,7 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from aiperimeter.errors import UpstreamError, UpstreamTimeout
-from aiperimeter.gateway.pipeline import Exchange, Stage, StreamEvent
+from aiperimeter.gateway.pipeline import SERVER_HEADER, Exchange, Stage, StreamEvent
 from aiperimeter.gateway.streams import framer_for, is_stream
 from aiperimeter.gateway.upstream import DROP_RESPONSE, upstream_headers
 
@@ -76,7 +76,10 @@ class Forward(Stage):
         length = upstream.content_length
         headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE)
         headers["x-request-id"] = ex.request_id
+        headers.setdefault("Server", SERVER_HEADER)
         content = upstream.content
+        if ex.method == "HEAD" or upstream.status in (204, 304):
+            length = 0  # no body follows, whatever Content-Length says
         if not ex.stream and length is not None and length <= SMALL_BODY:
             body = await self._read(content.readexactly(length)) if length else b""
             ex.upstream_ms = (time.perf_counter() - sent) * 1000
