@@ -10,9 +10,11 @@ from aiohttp import web
 
 from aiperimeter.config import GatewaySettings, is_loopback_host
 from aiperimeter.errors import ConfigError
+from aiperimeter.gateway.cors import Cors
 from aiperimeter.gateway.keycache import KeyCache
-from aiperimeter.gateway.pipeline import SERVER_HEADER, Pipeline, Stage
-from aiperimeter.gateway.routes import RouteTable
+from aiperimeter.gateway.pipeline import Pipeline, Stage
+from aiperimeter.gateway.responses import SERVER_HEADER
+from aiperimeter.gateway.routes import ROUTES, RouteTable
 from aiperimeter.gateway.stages.account import Account
 from aiperimeter.gateway.stages.audit_log import AuditLog, AuditSink
 from aiperimeter.gateway.stages.authenticate import Authenticate
@@ -118,10 +120,16 @@ class Gateway:
         self.session = new_session(self.settings)
         self.pipeline = build_pipeline(self.settings, self.keys, self.session, self.sink)
         handle = self.pipeline.handle
+        routes = ROUTES[self.settings.kind]
+        cors = Cors(frozenset(self.settings.cors_origins), frozenset(r.method for r in routes))
 
         async def handler(request: web.BaseRequest) -> web.StreamResponse:
             if (request.method, request.raw_path) in PUBLIC_ROUTES:
                 return web.Response(body=_HEALTH_BODY, content_type="application/json", headers=_HEALTH_HEADERS)
+            if request.method == "OPTIONS" and cors.origins:
+                preflight = cors.preflight(request)
+                if preflight is not None:
+                    return preflight
             return await handle(request)
 
         return web.Server(

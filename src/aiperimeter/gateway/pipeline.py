@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from aiohttp import web
 
 from aiperimeter.errors import Deny, HTTPFailure, InternalError
+from aiperimeter.gateway.responses import SERVER_HEADER, add_cors_headers
 from aiperimeter.gateway.routes import Route
 from aiperimeter.keys import KeyRecord
 
@@ -70,6 +71,7 @@ class Exchange:
     bytes_out: int = 0
     usage: Usage = field(default_factory=Usage)
     response: web.StreamResponse | None = None
+    cors_origin: str | None = None  # a configured CORS origin this request came from
 
 
 @dataclass(slots=True)
@@ -96,16 +98,14 @@ def _overrides(stage: Stage, hook: str) -> bool:
     return getattr(type(stage), hook) is not getattr(Stage, hook)
 
 
-# Replaces aiohttp's default, which names Python's and aiohttp's versions.
-SERVER_HEADER = "aiperimeter"
-
-
 def error_response(ex: Exchange, failure: HTTPFailure) -> web.Response:
     response = web.Response(
         status=failure.status, body=failure.body(), content_type="application/json", headers=failure.headers
     )
     response.headers["x-request-id"] = ex.request_id
     response.headers["Server"] = SERVER_HEADER
+    if ex.cors_origin is not None:
+        add_cors_headers(response.headers, ex.cors_origin)
     return response
 
 

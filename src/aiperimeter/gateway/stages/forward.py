@@ -18,7 +18,8 @@ from multidict import CIMultiDict
 from yarl import URL
 
 from aiperimeter.errors import UpstreamError, UpstreamTimeout
-from aiperimeter.gateway.pipeline import SERVER_HEADER, Exchange, Stage, StreamEvent
+from aiperimeter.gateway.pipeline import Exchange, Stage, StreamEvent
+from aiperimeter.gateway.responses import SERVER_HEADER, add_cors_headers
 from aiperimeter.gateway.streams import framer_for, is_stream
 from aiperimeter.gateway.upstream import DROP_RESPONSE, upstream_headers
 
@@ -77,6 +78,8 @@ class Forward(Stage):
         headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE)
         headers["x-request-id"] = ex.request_id
         headers.setdefault("Server", SERVER_HEADER)
+        if ex.cors_origin is not None:
+            add_cors_headers(headers, ex.cors_origin)
         content = upstream.content
         if ex.method == "HEAD" or upstream.status in (204, 304):
             length = 0  # no body follows, whatever Content-Length says

@@ -61,6 +61,8 @@ class HostGuard(Stage):
         if origins:
             if len(origins) != 1:
                 raise BadRequest("bad_origin", "Send at most one Origin header.")
-            if origins[0] not in self.cors_origins and not self._allowed(origin_host(origins[0])):
+            if origins[0] in self.cors_origins:
+                ex.cors_origin = origins[0]
+            elif not self._allowed(origin_host(origins[0])):
                 raise Forbidden("origin_not_allowed", "Requests from this Origin are not allowed (see cors_origins).")
         ex.path, ex.query = split_target(ex.request.raw_path, hosts[0])
