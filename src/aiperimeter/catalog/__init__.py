@@ -1,0 +1,1 @@
+"""Data-driven detection: fingerprints of AI services (and later secret and misconfiguration rules)."""
