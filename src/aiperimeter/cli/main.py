@@ -11,6 +11,7 @@ from aiperimeter.cli import keys
 from aiperimeter.cli.common import fail
 from aiperimeter.cli.demo import demo
 from aiperimeter.cli.gateway import gateway
+from aiperimeter.cli.scan import scan
 from aiperimeter.errors import AiperimeterError
 
 app = typer.Typer(
@@ -28,6 +29,7 @@ app = typer.Typer(
 app.command(help=gateway.__doc__)(gateway)
 app.add_typer(keys.app, name="keys")
 app.command()(demo)
+app.command(help=scan.__doc__)(scan)
 
 
 def _version(value: bool) -> None:

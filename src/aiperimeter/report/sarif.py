@@ -1,0 +1,65 @@
+"""SARIF 2.1.0, as code-scanning dashboards import it: one rule per product and verdict."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from aiperimeter import __version__
+from aiperimeter.report.common import SECURITY_SEVERITY
+from aiperimeter.scan.findings import ScanResult
+
+LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note", "info": "note"}
+SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
+
+
+def render_sarif(result: ScanResult) -> bytes:
+    rules: dict[str, dict[str, Any]] = {}
+    results = []
+    for finding in result.findings:
+        rule_id = f"{finding.product}/{finding.verdict}"
+        rules.setdefault(
+            rule_id,
+            {
+                "id": rule_id,
+                "name": f"{finding.product_name} {finding.verdict}".title().replace(" ", ""),
+                "shortDescription": {"text": f"{finding.product_name}: {finding.verdict}"},
+                "fullDescription": {"text": finding.verdict_note or finding.product_name},
+                "help": {"text": "\n".join(finding.fix["steps"]) or "No action needed."},
+                "helpUri": finding.references[0] if finding.references else None,
+                "properties": {"security-severity": SECURITY_SEVERITY[finding.severity], "tags": ["security"]},
+            },
+        )
+        dangerous = ", ".join(d["endpoint"] for d in finding.dangerous)
+        message = f"{finding.product_name} {finding.version or ''} at {finding.url} is {finding.verdict}"
+        if dangerous:
+            message += f"; reachable: {dangerous}"
+        results.append(
+            {
+                "ruleId": rule_id,
+                "level": LEVEL[finding.severity],
+                "message": {"text": message},
+                "locations": [{"physicalLocation": {"artifactLocation": {"uri": finding.url}}}],
+                "partialFingerprints": {"aiperimeter/service": f"{finding.address}:{finding.port}/{finding.product}"},
+                "properties": {"security-severity": SECURITY_SEVERITY[finding.severity], "verdict": finding.verdict},
+            }
+        )
+    document = {
+        "$schema": SCHEMA,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "aiperimeter",
+                        "version": __version__,
+                        "informationUri": "https://github.com/aiperimeter/aiperimeter",
+                        "rules": list(rules.values()),
+                    }
+                },
+                "results": results,
+            }
+        ],
+    }
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
