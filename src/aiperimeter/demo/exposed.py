@@ -32,7 +32,7 @@ class MockService:
     example: Example
 
     def replies(self) -> dict[tuple[str, str, str | None], Reply]:
-        out = {}
+        out: dict[tuple[str, str, str | None], Reply] = {}
         for probe in self.fingerprint.probes:
             if probe.id in self.example.responses:
                 out[(probe.method, probe.path, probe.jsonrpc)] = Reply.from_example(self.example.responses[probe.id])
