@@ -7,7 +7,7 @@ import logging
 import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TypeVar
 
 from aiperimeter.catalog.match import Reply, best_match
@@ -30,6 +30,21 @@ class ScanOptions:
     timeout: float = 3.0
     retries: int = 1
     per_host: int = 4
+
+
+def usable_concurrency(wanted: int) -> int:
+    """Raise the soft open-files limit as far as allowed; keep concurrency well below it."""
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if hard == resource.RLIM_INFINITY or hard > soft:
+            target = min(hard if hard != resource.RLIM_INFINITY else 1 << 16, 1 << 16)
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, target), hard))
+            soft = max(soft, target)
+    except (ImportError, ValueError, OSError):
+        return min(wanted, 200)
+    return max(1, min(wanted, (soft - 64) // 2))
 
 
 def default_ports(catalog: Iterable[Fingerprint]) -> list[int]:
@@ -61,7 +76,7 @@ async def _pool(items: Sequence[T], work: Callable[[T], Awaitable[R]], concurren
 class Scanner:
     def __init__(self, catalog: Sequence[Fingerprint], options: ScanOptions) -> None:
         self.catalog = list(catalog)
-        self.options = options
+        self.options = replace(options, concurrency=usable_concurrency(options.concurrency))
         self.limits = Limits(options.rate, options.per_host)
         self.prober = Prober(options.timeout, self.limits, options.retries)
         self._by_id = {fp.id: fp for fp in self.catalog}
