@@ -357,6 +357,10 @@ def test_smuggled_admin_request_never_reaches_the_upstream(
 
 # ---- parser errors: no key echo, no versions ------------------------------------------------------------------
 
+# When llhttp refuses a request, aiohttp's default handler (web_protocol.RequestHandler.handle_error) logs the
+# parser exception at ERROR level, with the offending bytes, and answers with those bytes in a text/plain body under
+# aiohttp's own Server header. When the bad byte sits on the credential line (say a key read from a file that ends
+# in CRLF), the key lands in the log and in the response.
 MALFORMED_WITH_KEY = {
     "bare-lf-line-endings": lambda key: f"GET /api/tags HTTP/1.1\nHost: 127.0.0.1\nAuthorization: Bearer {key}\n\n",
     "nul-after-key": lambda key: (

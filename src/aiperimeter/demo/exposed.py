@@ -39,14 +39,14 @@ class MockService:
         return out
 
 
-def plan(catalog: Iterable[Fingerprint], first: str, *, verdicts: bool = True) -> list[MockService]:
-    """One service per match example (or per product when `verdicts` is false), on consecutive addresses."""
+def plan(catalog: Iterable[Fingerprint], first: str, *, verdicts: bool = True, step: int = 1) -> list[MockService]:
+    """One service per match example (or per product when `verdicts` is false), every `step` addresses."""
     services = []
     address = ipaddress.ip_address(first)
     for fp in catalog:
         for example in fp.examples.match if verdicts else fp.examples.match[:1]:
             services.append(MockService(str(address), fp.ports[0], fp, example))
-            address += 1
+            address += step
     return services
 
 
@@ -119,10 +119,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--first", default="127.0.10.1", help="first loopback address to use")
     parser.add_argument("--one-per-product", action="store_true", help="only the first example of each product")
+    parser.add_argument("--step", type=int, default=1, help="addresses between two services")
     args = parser.parse_args()
     if not ipaddress.ip_address(args.first).is_loopback:
         parser.error("--first must be a loopback address (127.x.y.z)")
-    services = plan(fingerprints(), args.first, verdicts=not args.one_per_product)
+    services = plan(fingerprints(), args.first, verdicts=not args.one_per_product, step=args.step)
 
     async def run() -> None:
         servers = await start(services)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 import aiohttp
 import orjson
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 
 from aiperimeter.config import GatewaySettings, is_loopback_host
-from aiperimeter.errors import ConfigError
+from aiperimeter.errors import BadRequest, ConfigError, HTTPFailure, InternalError
 from aiperimeter.gateway.cors import Cors
 from aiperimeter.gateway.keycache import KeyCache
 from aiperimeter.gateway.pipeline import Pipeline, Stage
@@ -24,6 +26,8 @@ from aiperimeter.gateway.stages.request_body import RequestBody
 from aiperimeter.gateway.stages.route_policy import RoutePolicy
 from aiperimeter.gateway.upstream import credential_header, new_session
 from aiperimeter.state.base import KeyStore, open_key_store
+
+log = logging.getLogger("aiperimeter.gateway")
 
 # The only routes served without a credential. They reveal nothing about the upstream or versions.
 PUBLIC_ROUTES = frozenset({("GET", "/healthz"), ("HEAD", "/healthz")})
@@ -63,7 +67,7 @@ def build_pipeline(
         HostGuard(allowed_hosts(settings), frozenset(settings.cors_origins)),
         Authenticate(keys),
         RoutePolicy(RouteTable.for_kind(settings.kind), settings.kind),
-        RequestBody(settings.max_body_bytes),
+        RequestBody(settings.max_body_bytes, settings.timeouts.client_idle),
         forward,
         Account(),
         AuditLog(sink),
@@ -103,6 +107,34 @@ def exposure_warning(settings: GatewaySettings) -> str | None:
     )
 
 
+class _ProtocolErrors(RequestHandler):
+    """Requests the HTTP parser refuses never reach the pipeline. aiohttp's default answer to them echoes the
+    offending bytes (a credential among them) in the response and the log, and names its version; ours does not."""
+
+    def handle_error(
+        self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None, message: str | None = None
+    ) -> web.StreamResponse:
+        log.info("refused a request from %s that is not valid HTTP/1.1 (%s)", request.remote, type(exc).__name__)
+        if request.writer.output_size > 0:
+            raise ConnectionError("the response had started; the connection is closed")
+        failure: HTTPFailure = (
+            BadRequest("malformed_request", "The request is not valid HTTP/1.1.") if status < 500 else InternalError()
+        )
+        response = web.Response(
+            status=failure.status,
+            body=failure.body(),
+            content_type="application/json",
+            headers={"Server": SERVER_HEADER},
+        )
+        response.force_close()
+        return response
+
+
+class GatewayServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        return _ProtocolErrors(self, loop=self._loop, **self._kwargs)
+
+
 class Gateway:
     """One worker's gateway: the store, the key cache, the upstream pool, the audit sink and the pipeline."""
 
@@ -132,11 +164,12 @@ class Gateway:
                     return preflight
             return await handle(request)
 
-        return web.Server(
+        return GatewayServer(
             handler,
             handler_cancellation=True,  # a client that goes away cancels its upstream request
             access_log=None,
             auto_decompress=False,  # compressed request bodies are refused, never inflated
+            keepalive_timeout=self.settings.timeouts.keepalive,
             max_line_size=8190,
             max_field_size=8190,
             max_headers=100,

@@ -13,36 +13,24 @@ from aiperimeter.sensitive import Secret
 DROP_REQUEST = frozenset(
     h.lower()
     for h in (
-        "Connection",
-        "Keep-Alive",
-        "Proxy-Connection",
-        "Proxy-Authorization",
-        "Proxy-Authenticate",
-        "TE",
-        "Trailer",
-        "Transfer-Encoding",
-        "Upgrade",
-        "Host",
-        "Content-Length",
-        "Expect",
-        "Authorization",
-        "x-api-key",
-        "Cookie",
-        "Forwarded",
-        "X-Forwarded-For",
-        "X-Forwarded-Host",
-        "X-Forwarded-Proto",
-        "X-Forwarded-Port",
-        "X-Forwarded-Prefix",
-        "X-Real-IP",
-        "X-Original-URL",
-        "X-Rewrite-URL",
-        "X-HTTP-Method-Override",
-        "X-HTTP-Method",
-        "X-Method-Override",
+        # hop-by-hop and framing: the gateway frames the request itself
+        "Connection", "Keep-Alive", "Proxy-Connection", "Proxy-Authorization", "Proxy-Authenticate", "TE", "Trailer",
+        "Transfer-Encoding", "Upgrade", "Host", "Content-Length", "Expect",
+        # the client's credentials
+        "Authorization", "x-api-key", "Cookie",
+        # claims about the client that only a proxy in front of us may make
+        "Forwarded", "X-Real-IP", "X-Original-URL", "X-Rewrite-URL", "X-Original-Host", "X-Original-Forwarded-For",
+        "True-Client-IP", "X-Client-IP", "X-Cluster-Client-IP", "Client-IP", "CF-Connecting-IP", "Fastly-Client-IP",
+        # method overrides: the upstream must run the method that was authorised
+        "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override",
+        # replaced: the gateway reads responses as plain bytes
         "Accept-Encoding",
     )
-)
+)  # fmt: skip
+# Every X-Forwarded-* header: the client may not claim what a proxy in front of us would say.
+DROP_PREFIX = "x-forwarded-"
+# Headers that pick whose account an upstream bills: only when the client, not the gateway, holds the credential.
+ACCOUNT_HEADERS = frozenset({"openai-organization", "openai-project"})
 DROP_RESPONSE = frozenset(
     h.lower()
     for h in (
@@ -68,13 +56,25 @@ def upstream_headers(incoming: CIMultiDictProxy[str], credential: tuple[str, str
     }
     for name, value in incoming.items():
         lowered = name.lower()
-        if lowered not in DROP_REQUEST and lowered not in named_in_connection:
-            headers.add(name, value)
+        if (
+            lowered in DROP_REQUEST
+            or lowered in named_in_connection
+            or lowered.startswith(DROP_PREFIX)
+            or (credential is not None and lowered in ACCOUNT_HEADERS)
+        ):
+            continue
+        headers.add(name, value)
     # Ask for plain bytes: usage is read from the response, and compression on loopback buys nothing.
     headers["Accept-Encoding"] = "identity"
     if credential is not None:
         headers[credential[0]] = credential[1]
     return headers
+
+
+def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
+    """The upstream's response headers a client may see: no hop-by-hop ones, none its Connection header names."""
+    named = {token.strip().lower() for value in upstream.getall("Connection", ()) for token in value.split(",")}
+    return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in DROP_RESPONSE and k.lower() not in named)
 
 
 def credential_header(kind: str, key: Secret | None) -> tuple[str, str] | None:

@@ -15,6 +15,11 @@ FIELDS = ("model", "name")
         pytest.param(b'{"model":"a","mod\\u0065l":"b"}', id="escaped-duplicate"),
         pytest.param(b'{"\\u006dodel":"a","model":"a"}', id="escaped-first"),
         pytest.param(b'{"name":"a","name":"b"}', id="legacy-field-duplicate"),
+        # Go's encoding/json (Ollama) matches keys without case and keeps the last: "Model" would win.
+        pytest.param(b'{"model":"a","Model":"b"}', id="case-variant"),
+        pytest.param(b'{"MODEL":"b"}', id="case-variant-alone"),
+        pytest.param(b'{"model":"a","mod\\u0045l":"b"}', id="escaped-case-variant"),
+        pytest.param(b'{"model":"a","mod\xc3\xa9l":"b"}', id="non-ascii-key"),
     ],
 )
 def test_duplicate_model_fields_are_refused(body: bytes) -> None:
@@ -41,3 +46,10 @@ def test_nested_model_keys_are_not_duplicates(body: bytes) -> None:
 def test_only_json_objects(body: bytes) -> None:
     with pytest.raises(BadRequest):
         parse_json_object(body, FIELDS)
+
+
+def test_deep_nesting_with_escapes_is_a_client_error() -> None:
+    body = b'{"model":"a","x":"\\u0041","y":' + b"[" * 1010 + b"]" * 1010 + b"}"
+    with pytest.raises(BadRequest) as error:
+        parse_json_object(body, FIELDS)
+    assert error.value.code == "invalid_json"

@@ -14,14 +14,13 @@ from typing import ClassVar
 
 import aiohttp
 from aiohttp import web
-from multidict import CIMultiDict
 from yarl import URL
 
 from aiperimeter.errors import UpstreamError, UpstreamTimeout
 from aiperimeter.gateway.pipeline import Exchange, Stage, StreamEvent
 from aiperimeter.gateway.responses import SERVER_HEADER, add_cors_headers
 from aiperimeter.gateway.streams import framer_for, is_stream
-from aiperimeter.gateway.upstream import DROP_RESPONSE, upstream_headers
+from aiperimeter.gateway.upstream import response_headers, upstream_headers
 
 SMALL_BODY = 64 * 1024  # fixed-length responses up to this size are relayed in one write
 
@@ -75,7 +74,7 @@ class Forward(Stage):
         ex.stream = is_stream(content_type)
         framer = framer_for(content_type)
         length = upstream.content_length
-        headers = CIMultiDict((k, v) for k, v in upstream.headers.items() if k.lower() not in DROP_RESPONSE)
+        headers = response_headers(upstream.headers)
         headers["x-request-id"] = ex.request_id
         headers.setdefault("Server", SERVER_HEADER)
         if ex.cors_origin is not None:

@@ -6,8 +6,10 @@ refused, never forwarded: a check the upstream could read differently is no chec
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, ClassVar
+from urllib.parse import parse_qsl
 
 import orjson
 
@@ -16,41 +18,59 @@ from aiperimeter.gateway.pipeline import Exchange, Stage
 
 
 class _Pairs(dict[str, Any]):
-    """A JSON object that remembers which keys it saw more than once."""
+    """A JSON object that remembers the keys it saw more than once, compared without case."""
 
     duplicates: frozenset[str] = frozenset()
 
 
 def _pairs_hook(pairs: list[tuple[str, Any]]) -> _Pairs:
     obj = _Pairs(pairs)
-    if len(obj) != len(pairs):
+    folded = [k.lower() for k, _ in pairs]
+    if len(set(folded)) != len(folded):
         seen: set[str] = set()
-        obj.duplicates = frozenset(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        obj.duplicates = frozenset(k for k in folded if k in seen or seen.add(k))  # type: ignore[func-returns-value]
     return obj
 
 
+def _ambiguous() -> BadRequest:
+    return BadRequest("ambiguous_model", "The request body names its model more than once, or in an unusual spelling.")
+
+
 def parse_json_object(body: bytes, model_fields: tuple[str, ...]) -> dict[str, Any]:
-    """Parse a request body; refuse anything but one JSON object whose model fields appear once each."""
+    """Parse a request body; refuse anything but one JSON object whose model fields appear once, spelled exactly.
+
+    Decoders disagree where a check could be fooled: Go's encoding/json (Ollama) matches keys without regard to case
+    and keeps the last of duplicates, orjson keeps the last, others the first. So a top-level key that is a model
+    field in any case or escape spelling must be that field, spelled exactly, once.
+    """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         raise BadRequest("invalid_json", "The request body is not valid JSON (UTF-8).") from None
     if not isinstance(doc, dict):
         raise BadRequest("invalid_json", "The request body must be a JSON object.")
-    # orjson keeps the last of duplicate keys, other parsers the first. Look closer whenever a model field could
-    # appear twice, including spelled with escapes such as "mod\u0065l".
-    if model_fields and (b"\\u" in body or any(body.count(b'"%s"' % f.encode()) > 1 for f in model_fields)):
-        top = json.loads(body, object_pairs_hook=_pairs_hook)
+    if not model_fields:
+        return doc
+    for key in doc:
+        if not key.isascii() or (key.lower() in model_fields and key not in model_fields):
+            raise _ambiguous()
+    lowered = body.lower()
+    if b"\\u" in body or any(lowered.count(b'"%s"' % f.encode()) > 1 for f in model_fields):
+        try:
+            top = json.loads(body, object_pairs_hook=_pairs_hook)
+        except (RecursionError, ValueError):
+            raise BadRequest("invalid_json", "The request body is nested too deeply.") from None
         if isinstance(top, _Pairs) and top.duplicates & set(model_fields):
-            raise BadRequest("ambiguous_model", "The request body names its model more than once.")
+            raise _ambiguous()
     return doc
 
 
 class RequestBody(Stage):
     name: ClassVar[str] = "request_body"
 
-    def __init__(self, max_bytes: int) -> None:
+    def __init__(self, max_bytes: int, idle_timeout: float) -> None:
         self.max_bytes = max_bytes
+        self.idle_timeout = idle_timeout
 
     async def _read(self, ex: Exchange) -> bytes:
         request = ex.request
@@ -59,7 +79,11 @@ class RequestBody(Stage):
             raise PayloadTooLarge("body_too_large", f"The request body is larger than {self.max_bytes} bytes.")
         chunks, size = [], 0
         while True:
-            chunk = await request.content.readany()
+            try:
+                async with asyncio.timeout(self.idle_timeout):
+                    chunk = await request.content.readany()
+            except TimeoutError:
+                raise BadRequest("body_timeout", "The request body stopped arriving.") from None
             if not chunk:
                 break
             size += len(chunk)
@@ -77,8 +101,12 @@ class RequestBody(Stage):
             if has_body:
                 raise BadRequest("unexpected_body", "This route takes no request body.")
         else:
-            encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding != "identity":
+            encodings = {
+                token.strip().lower()
+                for value in request.headers.getall("Content-Encoding", ())
+                for token in value.split(",")
+            }
+            if encodings - {"identity", ""}:
                 raise UnsupportedMediaType("encoded_body", "Send the request body uncompressed.")
             ex.body = await self._read(ex)
             ex.bytes_in = len(ex.body)
@@ -89,6 +117,11 @@ class RequestBody(Stage):
         if "model" in ex.params:
             ex.model = ex.params["model"]
         allowed = ex.key.models if ex.key is not None else None
+        if allowed is not None and ex.query:
+            # Some servers (llama.cpp in router mode) also take the model from the query string.
+            for name, value in parse_qsl(ex.query, keep_blank_values=True):
+                if name.lower() == "model" and value not in allowed:
+                    raise Forbidden("model_not_allowed", "This key may not use the requested model.")
         if allowed is not None and (route.model_fields or "model" in ex.params):
             if ex.model is None:
                 raise BadRequest("model_required", "This key is limited to some models: name the model.")
@@ -97,9 +130,10 @@ class RequestBody(Stage):
 
     @staticmethod
     def _model_of(doc: dict[str, Any], fields: tuple[str, ...]) -> str | None:
-        names = {doc[f] for f in fields if f in doc}
-        if any(not isinstance(name, str) for name in names):
+        values = [doc[f] for f in fields if f in doc]
+        if any(not isinstance(value, str) for value in values):
             raise BadRequest("invalid_model", "The model field must be a string.")
+        names = set(values)
         if len(names) > 1:
             raise BadRequest("ambiguous_model", "The request body names two different models.")
         return names.pop() if names else None
