@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,23 @@ def _cases(kind: str) -> list[object]:
     ]
 
 
+SECRET_KEY = re.compile(r"(^|_)(access_|refresh_|id_)?token$|secret$|password$|api_?key$", re.IGNORECASE)
+
+
+def _secret_values(docs: list[object]) -> list[str]:
+    found: list[str] = []
+    for doc in docs:
+        if isinstance(doc, dict):
+            for key, value in doc.items():
+                if isinstance(value, str) and len(value) >= 8 and SECRET_KEY.search(key):
+                    found.append(value)
+                else:
+                    found += _secret_values([value])
+        elif isinstance(doc, list):
+            found += _secret_values(doc)
+    return found
+
+
 @pytest.mark.parametrize(("fp", "example"), _cases("match"))
 def test_match_example(fp: Fingerprint, example: Example) -> None:
     answer = example_answer(fp, example)
@@ -35,6 +53,10 @@ def test_match_example(fp: Fingerprint, example: Example) -> None:
         assert found.version == example.version
     if example.models is not None:
         assert list(found.models) == example.models
+    # Evidence never repeats a secret the service handed out (Langflow's auto-login token, settings dumps).
+    evidence = " ".join(e.excerpt for e in found.evidence)
+    for secret in _secret_values([r.json_ for r in example.responses.values()]):
+        assert secret not in evidence
     # Judged against the whole catalog, no other product claims this service first.
     winner = best_match(list(CATALOG), replies_for(CATALOG, answer))
     assert winner is not None and winner.fingerprint.id == fp.id

@@ -137,6 +137,25 @@ def _extract(extractor: Extractor, replies: Replies) -> list[str]:
     return [str(v) for v in json_values(reply.json, extractor.json_) if isinstance(v, str | int | float)]
 
 
+# Scanned services hand out secrets (Langflow's auto-login token, settings dumps): evidence never repeats them.
+_SECRET_FIELD = re.compile(
+    r'("[^"]*(?:token|secret|password|passwd|api[_-]?key|apikey|authorization|credential|session)[^"]*"\s*:\s*)'
+    r'("(?:[^"\\]|\\.)*"|[^,}\]\s]+)',
+    re.IGNORECASE,
+)
+_SECRET_VALUE = re.compile(
+    r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*"  # JWT
+    r"|\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}"  # OpenAI-style and similar keys
+    r"|\baip_[a-z2-7]{12}_[0-9A-Za-z]{20,}"  # ours
+    r"|\b[A-Za-z0-9_-]{40,}\b"  # any long opaque token
+)
+
+
+def redact(text: str) -> str:
+    text = _SECRET_FIELD.sub(lambda m: m.group(1) + '"[redacted]"', text)
+    return _SECRET_VALUE.sub("[redacted]", text)
+
+
 def _clean(value: str, limit: int = 120) -> str:
     """Values from scanned hosts are hostile: printable, one line, bounded."""
     return "".join(c for c in value if c.isprintable())[:limit]
@@ -177,7 +196,8 @@ def _evidence(fp: Fingerprint, probe_ids: set[str], replies: Replies) -> tuple[E
     for probe in fp.probes:
         reply = replies.get(probe.id)
         if probe.id in probe_ids and reply is not None:
-            out.append(Evidence(probe.describe(), reply.status, _clean(" ".join(reply.text.split()), 200)))
+            excerpt = _clean(redact(" ".join(reply.text[:4096].split())), 200)
+            out.append(Evidence(probe.describe(), reply.status, excerpt))
     return tuple(out)
 
 
