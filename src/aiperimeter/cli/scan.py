@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-from rich.table import Table
 
 from aiperimeter.catalog.loader import fingerprints
 from aiperimeter.catalog.schema import SEVERITIES, Probe
@@ -43,7 +42,7 @@ FAIL_ON = (*SEVERITIES, "never")
 
 
 def explain() -> None:
-    """Print every request the scanner can send, and which products ask for it."""
+    """Print every request the scanner can send, and which products ask for it (plain lines: never truncated)."""
     catalog = fingerprints()
     users: dict[tuple[object, ...], list[str]] = defaultdict(list)
     probes: dict[tuple[object, ...], Probe] = {}
@@ -51,17 +50,19 @@ def explain() -> None:
         for probe in fp.probes:
             users[probe.key].append(fp.id)
             probes.setdefault(probe.key, probe)
-    table = Table("request", "body", "asked by")
-    table.add_row("TCP connect (then close)", "-", f"every target port; default ports: {default_ports(catalog)}")
+    lines = [
+        f"TCP connect, then close: every target port (default ports: {', '.join(map(str, default_ports(catalog)))})"
+    ]
     for key, probe in sorted(probes.items(), key=lambda kv: (kv[1].path, kv[1].method)):
-        body = jsonrpc_body(probe.jsonrpc, 1).decode() if probe.jsonrpc else "-"
         headers = "".join(f" [{k}: {v}]" for k, v in probe.headers.items())
-        table.add_row(f"{probe.method} {probe.path}{headers}", body, ", ".join(sorted(users[key])))
-    console.print(table)
-    console.print(
+        lines.append(f"{probe.method} {probe.path}{headers}    asked by: {', '.join(sorted(users[key]))}")
+        if probe.jsonrpc:
+            lines.append(f"    body: {jsonrpc_body(probe.jsonrpc, 1).decode()}")
+    lines.append(
         "Nothing else is ever sent: no model pulls, deletes, generations, job submissions or tool calls. "
         "MCP servers receive 'initialize', 'notifications/initialized' and 'tools/list' only."
     )
+    typer.echo("\n".join(lines))
 
 
 def scan(
