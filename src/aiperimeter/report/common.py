@@ -20,6 +20,7 @@ def scan_document(result: ScanResult) -> dict[str, Any]:
             "open_ports": result.open_ports,
             "findings": len(result.findings),
             "seconds": round(result.seconds, 3),
+            "sweep_seconds": round(result.sweep_seconds, 3),
         },
         "findings": [f.as_dict() for f in result.findings],
         "unidentified": result.unidentified,

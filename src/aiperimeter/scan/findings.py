@@ -57,6 +57,7 @@ class ScanResult:
     open_ports: int = 0
     unidentified: list[str] = field(default_factory=list)  # open ports answering HTTP that matched nothing
     seconds: float = 0.0
+    sweep_seconds: float = 0.0
 
     def worst(self) -> Severity | None:
         if not self.findings:

@@ -150,6 +150,7 @@ class Scanner:
             if progress is not None:
                 progress("sweep", done, len(endpoints))
         result.open_ports = len(open_endpoints)
+        result.sweep_seconds = time.monotonic() - started
 
         async def examine(endpoint: Endpoint) -> Finding | str | Exception | None:
             try:
