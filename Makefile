@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+TESTSTAMP := $(VENV)/.installed-test
 
 .PHONY: demo test lint typecheck unit bench clean
 
@@ -10,26 +11,31 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "aiperimeter needs Python 3.11 or newer")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
+
+# The test tools and the real products the scanner is tested against (Jupyter, an MCP server, Gradio).
+$(TESTSTAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(TESTSTAMP)
 
 demo: $(STAMP)
 	$(BIN)/aiperimeter demo
 
-lint: $(STAMP)
+lint: $(TESTSTAMP)
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
 
-typecheck: $(STAMP)
+typecheck: $(TESTSTAMP)
 	$(BIN)/mypy
 
-unit: $(STAMP)
+unit: $(TESTSTAMP)
 	$(BIN)/pytest tests/unit -q
 
 test: lint typecheck
 	$(BIN)/pytest -q
 
-bench: $(STAMP)
+bench: $(TESTSTAMP)
 	$(BIN)/python benchmarks/gateway_bench.py
 
 clean:

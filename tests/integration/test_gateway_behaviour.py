@@ -497,11 +497,12 @@ def test_revocation_reaches_a_running_gateway_within_a_second(upstream: FakeUpst
 
 def test_expiry_takes_effect_without_restart(upstream: FakeUpstream, tmp_path: Path) -> None:
     add_key(tmp_path, "long-lived")
-    _, key = add_key(tmp_path, "short", expires_at=time.time() + 1.0)
     gateway = start_gateway(tmp_path, upstream.url, "openai")
     try:
+        expires_at = time.time() + 1.5
+        _, key = add_key(tmp_path, "short", expires_at=expires_at)
         assert request(gateway.port, "GET", "/v1/models", key=key).status == 200
-        time.sleep(1.1)
+        time.sleep(max(0.0, expires_at - time.time()) + 0.05)
         response = request(gateway.port, "GET", "/v1/models", key=key)
         assert (response.status, response.code) == (401, "key_expired")
     finally:
