@@ -59,7 +59,7 @@ def _respond(replies: dict[tuple[str, str, str | None], Reply], method: str, pat
             return Reply(400, {"content-type": "application/json"}, b'{"error":"bad request"}')
         if isinstance(rpc, str) and rpc.startswith("notifications/"):
             return Reply(202, {}, b"")
-    return replies.get((method, path.split("?", 1)[0], rpc), NOT_FOUND)
+    return replies.get((method, path, rpc)) or replies.get((method, path.split("?", 1)[0], rpc), NOT_FOUND)
 
 
 async def _serve_connection(

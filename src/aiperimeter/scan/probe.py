@@ -178,13 +178,11 @@ class Prober:
         deadline: float,
     ) -> Reply:
         connection = h11.Connection(h11.CLIENT, max_incomplete_event_size=HEAD_CAP)
-        request_headers = [
-            ("Host", _host_header(endpoint, scheme)),
-            ("User-Agent", USER_AGENT),
-            ("Accept", "*/*"),
-            ("Connection", "close"),
-            *headers.items(),
-        ]
+        # A probe's own headers replace the defaults: a second Accept line makes some servers read only the first.
+        defaults = {"Host": _host_header(endpoint, scheme), "User-Agent": USER_AGENT, "Accept": "*/*"}
+        given = {name.lower() for name in headers}
+        request_headers = [(k, v) for k, v in defaults.items() if k.lower() not in given]
+        request_headers += [*headers.items(), ("Connection", "close")]
         if body:
             request_headers.append(("Content-Length", str(len(body))))
         out = connection.send(h11.Request(method=method, target=endpoint.base + path, headers=request_headers))
@@ -235,11 +233,11 @@ class Prober:
 
 
 def _first_sse_event_done(headers: dict[str, str], chunks: list[bytes]) -> bool:
-    """An SSE stream may never end; its first event is all a probe needs."""
+    """An SSE stream may never end; its first event with data is all a probe needs (comments do not count)."""
     if not headers.get("content-type", "").startswith("text/event-stream"):
         return False
-    data = b"".join(chunks).replace(b"\r\n", b"\n")
-    return b"\n\n" in data
+    blocks = b"".join(chunks).replace(b"\r\n", b"\n").split(b"\n\n")
+    return any(b"data:" in block for block in blocks[:-1])
 
 
 async def detect_scheme(prober: Prober, endpoint: Endpoint) -> tuple[Scheme, Reply] | None:
