@@ -35,9 +35,23 @@ def _free(port: int) -> bool:
     return True
 
 
+def _die_with_parent() -> None:
+    """Linux: a child of the demo gets SIGTERM if the demo dies, even by SIGKILL."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _start(args: list[str], ready_marker: str, log: Path) -> tuple[subprocess.Popen[str], str]:
     """Start a child process and return it with the URL it prints once ready."""
-    process = subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.PIPE, stderr=log.open("a"), text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", *args],
+        stdout=subprocess.PIPE,
+        stderr=log.open("a"),
+        text=True,
+        preexec_fn=_die_with_parent if sys.platform == "linux" else None,
+    )
     assert process.stdout is not None
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -97,6 +111,12 @@ def demo(
     from aiperimeter.state.base import open_key_store
 
     serve = sys.stdin.isatty() if serve is None else serve
+
+    def interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # a closed terminal or a kill stops the demo's children too
+
+    signal.signal(signal.SIGTERM, interrupted)
+    signal.signal(signal.SIGHUP, interrupted)
     data_dir = Path(tempfile.mkdtemp(prefix="aiperimeter-demo-"))
     log = data_dir / "processes.log"
     try:
