@@ -26,11 +26,17 @@ class KeyCache:
         self._cursor = -1
         self._task: asyncio.Task[None] | None = None
 
-    async def lookup(self, secret_hash: str) -> KeyRecord | None:
-        now = time.monotonic()
+    def cached(self, secret_hash: str) -> KeyRecord | None:
         entry = self._entries.get(secret_hash)
-        if entry is not None and entry[1] > now:
+        if entry is not None and entry[1] > time.monotonic():
             return entry[0]
+        return None
+
+    async def lookup(self, secret_hash: str) -> KeyRecord | None:
+        record = self.cached(secret_hash)
+        if record is not None:
+            return record
+        now = time.monotonic()
         record = await self.store.by_hash(secret_hash)
         if record is not None:
             if len(self._entries) >= self.max_entries:

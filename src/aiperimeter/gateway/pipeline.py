@@ -9,11 +9,12 @@ client disconnect), shielded from cancellation, so accounting and the audit reco
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import os
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from enum import Enum
 from typing import Any, ClassVar
 
@@ -36,17 +37,6 @@ class Outcome(Enum):
 
 
 @dataclass(slots=True)
-class Usage:
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-
-    def as_dict(self) -> dict[str, int] | None:
-        if self.prompt_tokens is None and self.completion_tokens is None:
-            return None
-        return {"prompt_tokens": self.prompt_tokens or 0, "completion_tokens": self.completion_tokens or 0}
-
-
-@dataclass(slots=True)
 class Exchange:
     """Everything the stages know about one request and its response."""
 
@@ -58,7 +48,7 @@ class Exchange:
     path: str = ""
     query: str = ""
     route: Route | None = None
-    params: dict[str, str] = field(default_factory=dict)
+    params: Mapping[str, str] | None = None  # path parameters of a patterned route
     key: KeyRecord | None = None
     body: bytes = b""
     json: dict[str, Any] | None = None
@@ -69,7 +59,8 @@ class Exchange:
     upstream_ms: float | None = None
     bytes_in: int = 0
     bytes_out: int = 0
-    usage: Usage = field(default_factory=Usage)
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
     response: web.StreamResponse | None = None
     cors_origin: str | None = None  # a configured CORS origin this request came from
 
@@ -121,6 +112,9 @@ class Pipeline:
         self.request_hooks = tuple(s for s in stages[: split + 1] if _overrides(s, "on_request"))
         self.event_hooks = tuple(s for s in stages[split + 1 :] if _overrides(s, "on_event"))
         self.finish_hooks = tuple(s for s in stages if _overrides(s, "on_finish"))
+        # Request ids: a random prefix per process and a counter; unique without a system call per request.
+        self._id_prefix = os.urandom(4).hex()
+        self._ids = itertools.count()
 
     async def emit(self, ex: Exchange, ev: StreamEvent) -> None:
         for stage in self.event_hooks:
@@ -130,7 +124,7 @@ class Pipeline:
         peer = request.transport.get_extra_info("peername") if request.transport else None
         ex = Exchange(
             request=request,
-            request_id=os.urandom(8).hex(),
+            request_id=f"{self._id_prefix}{next(self._ids):08x}",
             started=time.perf_counter(),
             client=str(peer[0]) if peer else "",
             method=request.method,
@@ -157,7 +151,11 @@ class Pipeline:
             return self._fail(ex, InternalError())
         finally:
             if self.finish_hooks:
-                await asyncio.shield(self._finish(ex, outcome))
+                if outcome is Outcome.CLIENT_DISCONNECTED:
+                    # The task is being cancelled: finish in a task of its own that the cancellation cannot reach.
+                    await asyncio.shield(self._finish(ex, outcome))
+                else:
+                    await self._finish(ex, outcome)  # no Task per request on the hot path
 
     def _fail(self, ex: Exchange, failure: HTTPFailure) -> web.StreamResponse:
         ex.status = failure.status

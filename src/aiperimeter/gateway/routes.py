@@ -9,6 +9,7 @@ Bodies: `json` is parsed and checked (model scope, duplicates) before forwarding
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -162,10 +163,10 @@ class RouteTable:
             else:
                 self.exact[(route.method, route.path)] = route
 
-    def match(self, method: str, path: str) -> tuple[Route, dict[str, str]] | None:
+    def match(self, method: str, path: str) -> tuple[Route, Mapping[str, str] | None] | None:
         route = self.exact.get((method, path))
         if route is not None:
-            return route, {}
+            return route, None
         for route_method, pattern, route in self.patterns:
             if route_method == method:
                 found = pattern.fullmatch(path)

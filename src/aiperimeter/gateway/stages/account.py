@@ -18,6 +18,6 @@ class Account(Stage):
         prompt, completion = found
         # Streams report cumulative figures (Anthropic's message_delta): the latest value of each field wins.
         if prompt is not None:
-            ex.usage.prompt_tokens = prompt
+            ex.prompt_tokens = prompt
         if completion is not None:
-            ex.usage.completion_tokens = completion
+            ex.completion_tokens = completion

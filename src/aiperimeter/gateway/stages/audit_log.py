@@ -1,11 +1,12 @@
 """Stage 7: one JSON line per request, whatever its outcome. Never a credential, no prompt or completion text.
 
-Each record is one `write()` on a file opened with O_APPEND, so workers sharing the file never interleave lines
-and a crash loses nothing that was written.
+Records are written with O_APPEND, whole lines per write(), so workers sharing the file never interleave lines; a
+record is written by the end of the event-loop iteration in which its request finished.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -18,8 +19,12 @@ from aiperimeter.gateway.pipeline import Exchange, Outcome, Stage
 
 
 class AuditSink:
+    """Appends JSON lines. Records finished in one event-loop iteration go out in one write() at the end of it:
+    one system call for many concurrent requests, and nothing waits longer than the current iteration."""
+
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self._pending: list[bytes] = []
         if path is None:
             self._fd = sys.stdout.fileno()
         else:
@@ -27,9 +32,23 @@ class AuditSink:
             self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def write(self, record: dict[str, Any]) -> None:
-        os.write(self._fd, orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE))
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        if not self._pending:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:  # no loop: write at once
+                os.write(self._fd, line)
+                return
+        self._pending.append(line)
+
+    def flush(self) -> None:
+        if self._pending:
+            data, self._pending = b"".join(self._pending), []
+            while data:  # a regular file takes it all at once; a pipe (stdout) may not
+                data = data[os.write(self._fd, data) :]
 
     def close(self) -> None:
+        self.flush()
         if self.path is not None:
             os.close(self._fd)
 
@@ -62,7 +81,11 @@ class AuditLog(Stage):
                 "total_ms": round((time.perf_counter() - ex.started) * 1000, 3),
                 "bytes_in": ex.bytes_in,
                 "bytes_out": ex.bytes_out,
-                "usage": ex.usage.as_dict(),
+                "usage": (
+                    {"prompt_tokens": ex.prompt_tokens or 0, "completion_tokens": ex.completion_tokens or 0}
+                    if ex.prompt_tokens is not None or ex.completion_tokens is not None
+                    else None
+                ),
                 "pid": self.pid,
             }
         )

@@ -15,7 +15,7 @@ from multidict import CIMultiDictProxy
 from aiperimeter.errors import Unauthenticated
 from aiperimeter.gateway.keycache import KeyCache
 from aiperimeter.gateway.pipeline import Exchange, Stage
-from aiperimeter.keys import hash_key, parse_key
+from aiperimeter.keys import KEY_RE, hash_key, parse_key
 
 HOW = "Send your aiperimeter key as 'Authorization: Bearer aip_...'."
 
@@ -49,10 +49,15 @@ class Authenticate(Stage):
 
     async def on_request(self, ex: Exchange) -> None:
         token = presented_key(ex.request.headers)
-        if not token.isascii() or parse_key(token) is None:
+        if not token.isascii() or KEY_RE.fullmatch(token) is None:
             raise Unauthenticated("malformed_credentials", f"The API key is not an aiperimeter key. {HOW}")
         secret_hash = hash_key(token)
-        record = await self.keys.lookup(secret_hash)
+        record = self.keys.cached(secret_hash)
+        if record is None:
+            # The checksum spares the store a lookup for mistyped or invented keys.
+            if parse_key(token) is None:
+                raise Unauthenticated("malformed_credentials", f"The API key is not an aiperimeter key. {HOW}")
+            record = await self.keys.lookup(secret_hash)
         if record is None or not hmac.compare_digest(record.secret_hash, secret_hash):
             raise Unauthenticated("invalid_key", "The API key is not valid.")
         status = record.status(time.time())

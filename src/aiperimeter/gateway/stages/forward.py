@@ -45,16 +45,22 @@ class Forward(Stage):
         self.first_byte_timeout = first_byte_timeout
         self.idle_timeout = idle_timeout
         self.emit: Emit | None = None  # set by the pipeline builder: the response-side stages
+        self._urls: dict[str, URL] = {}
 
     async def on_request(self, ex: Exchange) -> None:
         target = self.base + ex.path + ("?" + ex.query if ex.query else "")
+        url = self._urls.get(target)
+        if url is None:
+            if len(self._urls) >= 1024:
+                self._urls.clear()
+            url = self._urls[target] = URL(target, encoded=True)  # as authorised: no re-quoting, no normalising
         headers = upstream_headers(ex.request.headers, self.credential)
         sent = time.perf_counter()
         try:
             async with asyncio.timeout(self.first_byte_timeout):
                 upstream = await self.session.request(
                     ex.method,
-                    URL(target, encoded=True),
+                    url,
                     headers=headers,
                     data=ex.body if ex.body or ex.method in ("POST", "PUT", "PATCH") else None,
                     allow_redirects=False,
@@ -83,7 +89,9 @@ class Forward(Stage):
         if ex.method == "HEAD" or upstream.status in (204, 304):
             length = 0  # no body follows, whatever Content-Length says
         if not ex.stream and length is not None and length <= SMALL_BODY:
-            body = await self._read(content.readexactly(length)) if length else b""
+            body = content.read_nowait(length) if length else b""  # usually here already, with the head
+            if len(body) < length:
+                body += await self._read(content.readexactly(length - len(body)))
             ex.upstream_ms = (time.perf_counter() - sent) * 1000
             ex.response = web.Response(status=upstream.status, body=body, headers=headers)
             ex.bytes_out = length

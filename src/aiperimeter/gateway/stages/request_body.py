@@ -78,14 +78,19 @@ class RequestBody(Stage):
         if length is not None and length > self.max_bytes:
             raise PayloadTooLarge("body_too_large", f"The request body is larger than {self.max_bytes} bytes.")
         chunks, size = [], 0
+        content = request.content
         while True:
-            try:
-                async with asyncio.timeout(self.idle_timeout):
-                    chunk = await request.content.readany()
-            except TimeoutError:
-                raise BadRequest("body_timeout", "The request body stopped arriving.") from None
+            chunk = content.read_nowait()  # what has arrived already needs no timer
             if not chunk:
-                break
+                if content.at_eof():
+                    break
+                try:
+                    async with asyncio.timeout(self.idle_timeout):
+                        chunk = await content.readany()
+                except TimeoutError:
+                    raise BadRequest("body_timeout", "The request body stopped arriving.") from None
+                if not chunk:
+                    break
             size += len(chunk)
             if size > self.max_bytes:
                 raise PayloadTooLarge("body_too_large", f"The request body is larger than {self.max_bytes} bytes.")
@@ -114,15 +119,16 @@ class RequestBody(Stage):
                 ex.json = parse_json_object(ex.body, route.model_fields)
                 ex.stream = ex.json.get("stream") is True
                 ex.model = self._model_of(ex.json, route.model_fields)
-        if "model" in ex.params:
-            ex.model = ex.params["model"]
+        path_model = ex.params.get("model") if ex.params else None
+        if path_model is not None:
+            ex.model = path_model
         allowed = ex.key.models if ex.key is not None else None
         if allowed is not None and ex.query:
             # Some servers (llama.cpp in router mode) also take the model from the query string.
             for name, value in parse_qsl(ex.query, keep_blank_values=True):
                 if name.lower() == "model" and value not in allowed:
                     raise Forbidden("model_not_allowed", "This key may not use the requested model.")
-        if allowed is not None and (route.model_fields or "model" in ex.params):
+        if allowed is not None and (route.model_fields or path_model is not None):
             if ex.model is None:
                 raise BadRequest("model_required", "This key is limited to some models: name the model.")
             if ex.model not in allowed:
