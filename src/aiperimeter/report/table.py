@@ -8,6 +8,12 @@ from rich.text import Text
 
 from aiperimeter.scan.findings import ScanResult
 
+
+def _text(value: str, style: str = "") -> Text:
+    """Terminal-safe: values come from scanned hosts, so no control characters (escape sequences) get through."""
+    return Text("".join(c for c in value if c.isprintable()), style=style)
+
+
 STYLE = {"critical": "bold white on red", "high": "bold red", "medium": "yellow", "low": "cyan", "info": "dim"}
 
 
@@ -27,20 +33,22 @@ def render_table(result: ScanResult, console: Console) -> None:
             reachable = ", ".join(d["endpoint"] for d in f.dangerous[:4]) + (" …" if len(f.dangerous) > 4 else "")
             models = ", ".join(f.models[:3]) + (f" (+{len(f.models) - 3})" if len(f.models) > 3 else "")
             table.add_row(
-                Text(f.severity, style=STYLE[f.severity]),
-                Text(f.url),
-                Text(product),
-                Text(f.verdict),
-                Text(reachable or "-"),
-                Text(models or "-"),
+                _text(f.severity, STYLE[f.severity]),
+                _text(f.url),
+                _text(product),
+                _text(f.verdict),
+                _text(reachable or "-"),
+                _text(models or "-"),
             )
         console.print(table)
         for f in result.findings:
             if f.fix["steps"] and f.severity in ("critical", "high"):
-                console.print(Text(f"\n{f.url} ({f.product_name}, {f.verdict}): {f.verdict_note}", style="bold"))
+                console.print()
+                console.print(_text(f"{f.url} ({f.product_name}, {f.verdict}): {f.verdict_note}", "bold"))
                 for step in f.fix["steps"]:
-                    console.print(Text(f"  - {step}"), soft_wrap=True)
+                    console.print(_text(f"  - {step}"), soft_wrap=True)
     if result.unidentified:
-        console.print(Text(f"\nOpen HTTP ports that match no catalogued AI service: {', '.join(result.unidentified)}"))
+        console.print()
+        console.print(_text(f"Open HTTP ports that match no catalogued AI service: {', '.join(result.unidentified)}"))
     for error in result.errors:
-        console.print(Text(f"could not scan {error.target}: {error.error}", style="yellow"))
+        console.print(_text(f"could not scan {error.target}: {error.error}", "yellow"))
