@@ -76,6 +76,9 @@ def scan(
     ] = None,
     concurrency: Annotated[int, typer.Option("--concurrency", min=1, max=10000, help="Connections in flight.")] = 100,
     rate: Annotated[float, typer.Option("--rate", min=0, help="New connections per second (0: unlimited).")] = 300,
+    host_rate: Annotated[
+        float, typer.Option("--host-rate", min=0, help="New connections per second to one host (0: unlimited).")
+    ] = 20,
     timeout: Annotated[float, typer.Option("--timeout", min=0.1, max=120, help="Seconds per connection.")] = 3.0,
     retries: Annotated[int, typer.Option("--retries", min=0, max=5, help="Retries of a probe that got no answer.")] = 1,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON document.")] = False,
@@ -104,7 +107,8 @@ def scan(
     catalog = fingerprints()
     parsed = [parse_target(text) for text in texts]
     expansion = expand(parsed, parse_ports(ports, default_ports(catalog)), own_targets=own, max_hosts=max_hosts)
-    scanner = Scanner(catalog, ScanOptions(concurrency=concurrency, rate=rate, timeout=timeout, retries=retries))
+    options = ScanOptions(concurrency=concurrency, rate=rate, timeout=timeout, retries=retries, host_rate=host_rate)
+    scanner = Scanner(catalog, options)
     machine = json_out or jsonl_out or sarif_out
     interactive = sys.stderr.isatty() and not machine
 

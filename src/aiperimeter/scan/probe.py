@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import h11
@@ -65,23 +66,31 @@ def jsonrpc_body(method: str, request_id: int | None) -> bytes:
 
 @dataclass
 class Limits:
-    """Politeness: a global rate of new connections and a cap on concurrent requests per host."""
+    """Politeness: a global rate of new connections, and per host a rate and a cap on concurrent requests."""
 
     rate: float  # connections per second overall; 0 for unlimited
     per_host: int
+    host_rate: float = 0.0  # connections per second to one host; 0 for unlimited
+    clock: Callable[[], float] = time.monotonic
 
     def __post_init__(self) -> None:
-        self._next = time.monotonic()
-        self._lock = asyncio.Lock()
+        self._next = self.clock()
+        self._host_next: dict[str, float] = {}
         self._hosts: dict[str, asyncio.Semaphore] = {}
 
-    async def pace(self) -> None:
-        if self.rate <= 0:
-            return
-        async with self._lock:
-            now = time.monotonic()
-            wait = self._next - now
-            self._next = max(now, self._next) + 1.0 / self.rate
+    def delay(self, address: str) -> float:
+        """Book the next connection to `address`; return how long to wait before making it."""
+        now = self.clock()
+        start = max(now, self._next)
+        if self.host_rate > 0:
+            start = max(start, self._host_next.get(address, now))
+            self._host_next[address] = start + 1.0 / self.host_rate
+        if self.rate > 0:
+            self._next = start + 1.0 / self.rate
+        return start - now
+
+    async def pace(self, address: str) -> None:
+        wait = self.delay(address)
         if wait > 0:
             await asyncio.sleep(wait)
 
@@ -93,7 +102,7 @@ class Limits:
 
 
 async def tcp_open(address: str, port: int, wait: float, limits: Limits) -> bool:
-    await limits.pace()
+    await limits.pace(address)
     try:
         async with asyncio.timeout(wait):
             _, writer = await asyncio.open_connection(address, port)
@@ -130,7 +139,7 @@ class Prober:
         for attempt in range(self.retries + 1):
             try:
                 async with self.limits.host(endpoint.address):
-                    await self.limits.pace()
+                    await self.limits.pace(endpoint.address)
                     return await self._exchange(endpoint, scheme, method, path, headers, body)
             except Unreachable:
                 if attempt == self.retries:

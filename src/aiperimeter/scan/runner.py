@@ -30,6 +30,7 @@ class ScanOptions:
     timeout: float = 3.0
     retries: int = 1
     per_host: int = 4
+    host_rate: float = 20.0  # connections per second to one host
 
 
 def usable_concurrency(wanted: int) -> int:
@@ -77,7 +78,7 @@ class Scanner:
     def __init__(self, catalog: Sequence[Fingerprint], options: ScanOptions) -> None:
         self.catalog = list(catalog)
         self.options = replace(options, concurrency=usable_concurrency(options.concurrency))
-        self.limits = Limits(options.rate, options.per_host)
+        self.limits = Limits(self.options.rate, self.options.per_host, self.options.host_rate)
         self.prober = Prober(options.timeout, self.limits, options.retries)
         self._by_id = {fp.id: fp for fp in self.catalog}
         self._by_port: dict[int, list[Fingerprint]] = defaultdict(list)
@@ -135,7 +136,8 @@ class Scanner:
         result = ScanResult(
             hosts=expansion.hosts, errors=[ScanError(t, "cannot resolve") for t in expansion.unresolved]
         )
-        endpoints = expansion.endpoints
+        # Port-major order: consecutive connections go to different hosts, so no host sees a burst.
+        endpoints = sorted(expansion.endpoints, key=lambda e: (e.port, e.address))
         result.ports_checked = len(endpoints)
         open_endpoints: list[Endpoint] = []
         done = 0
