@@ -65,11 +65,6 @@ class Forbidden(Deny):
     status = 403
 
 
-class NotFound(Deny):
-    status = 404
-    type = "not_found_error"
-
-
 class PayloadTooLarge(Deny):
     status = 413
     type = "invalid_request_error"

@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Literal
 
 PREFIX = "aip_"
@@ -97,9 +97,6 @@ class KeyRecord:
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
         return "active"
-
-    def revoked(self, at: float) -> KeyRecord:
-        return replace(self, revoked_at=at)
 
     def public(self, now: float) -> dict[str, object]:
         """The fields safe to show anyone who may list keys."""

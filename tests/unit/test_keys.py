@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from aiperimeter.keys import KEY_RE, KeyRecord, generate_key, hash_key, new_key, parse_key, redact
@@ -52,7 +54,7 @@ def test_record_status() -> None:
     record, _ = new_key("x", now=100.0, expires_at=200.0)
     assert record.status(150) == "active"
     assert record.status(200) == "expired"
-    assert record.revoked(120).status(150) == "revoked"
+    assert replace(record, revoked_at=120).status(150) == "revoked"
     assert "secret" not in record.public(150) and record.secret_hash not in str(record.public(150))
 
 

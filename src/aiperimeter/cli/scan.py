@@ -19,6 +19,7 @@ from aiperimeter.report.html import render_html
 from aiperimeter.report.json import render_json, render_jsonl_line
 from aiperimeter.report.sarif import render_sarif
 from aiperimeter.report.table import render_table
+from aiperimeter.scan.findings import Finding, ScanResult
 from aiperimeter.scan.probe import jsonrpc_body
 from aiperimeter.scan.runner import Scanner, ScanOptions, default_ports
 from aiperimeter.scan.targets import expand, parse_ports, parse_target, read_target_file
@@ -112,11 +113,11 @@ def scan(
     machine = json_out or jsonl_out or sarif_out
     interactive = sys.stderr.isatty() and not machine
 
-    def emit(finding: object) -> None:
-        sys.stdout.buffer.write(render_jsonl_line(finding))  # type: ignore[arg-type]
+    def emit(finding: Finding) -> None:
+        sys.stdout.buffer.write(render_jsonl_line(finding))
         sys.stdout.flush()
 
-    async def go() -> object:
+    async def go() -> ScanResult:
         if not interactive:
             return await scanner.run(expansion, on_finding=emit if jsonl_out else None)
         with Progress(
@@ -141,9 +142,6 @@ def scan(
         result = asyncio.run(go())
     except OSError as exc:
         raise ConfigError(f"the scan could not run: {exc.strerror or exc}") from None
-    from aiperimeter.scan.findings import ScanResult
-
-    assert isinstance(result, ScanResult)
     if json_out:
         sys.stdout.buffer.write(render_json(result))
     elif sarif_out:

@@ -11,13 +11,12 @@ class MemoryKeyStore:
     def __init__(self) -> None:
         self._by_id: dict[str, KeyRecord] = {}
         self._changes: list[str] = []
-        self.events: list[tuple[str, str, str]] = []  # (key id, kind, actor)
 
     async def add(self, record: KeyRecord, actor: str) -> None:
         if record.id in self._by_id or any(r.secret_hash == record.secret_hash for r in self._by_id.values()):
             raise ValueError(f"key {record.id} already exists")
         self._by_id[record.id] = record
-        self._record(record.id, "create", actor)
+        self._changes.append(record.id)
 
     async def get(self, key_id: str) -> KeyRecord | None:
         return self._by_id.get(key_id)
@@ -35,7 +34,7 @@ class MemoryKeyStore:
         if record.revoked_at is None:
             record = replace(record, revoked_at=at)
             self._by_id[key_id] = record
-            self._record(key_id, "revoke", actor)
+            self._changes.append(key_id)
         return record
 
     async def has_active(self, now: float) -> bool:
@@ -49,7 +48,3 @@ class MemoryKeyStore:
 
     async def close(self) -> None:
         return None
-
-    def _record(self, key_id: str, kind: str, actor: str) -> None:
-        self._changes.append(key_id)
-        self.events.append((key_id, kind, actor))

@@ -175,10 +175,5 @@ class SQLiteKeyStore:
             return [], cursor
         return [str(row[1]) for row in rows], int(rows[-1][0])  # type: ignore[call-overload]
 
-    async def events(self) -> list[tuple[str, str, str, float]]:
-        """Lifecycle events, oldest first: (key id, kind, actor, time)."""
-        rows = self._query("SELECT key_id, kind, actor, at FROM key_changes ORDER BY seq")
-        return [(str(a), str(b), str(c), float(d)) for a, b, c, d in rows]  # type: ignore[arg-type]
-
     async def close(self) -> None:
         self._db.close()
