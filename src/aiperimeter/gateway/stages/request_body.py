@@ -54,8 +54,8 @@ def parse_json_object(body: bytes, model_fields: tuple[str, ...]) -> dict[str, A
     for key in doc:
         if not key.isascii() or (key.lower() in model_fields and key not in model_fields):
             raise _ambiguous()
-    lowered = body.lower()
-    if b"\\u" in body or any(lowered.count(b'"%s"' % f.encode()) > 1 for f in model_fields):
+    # A case variant is refused above; orjson collapses only identical duplicates, which an exact count finds.
+    if b"\\u" in body or any(body.count(b'"%s"' % f.encode()) > 1 for f in model_fields):
         try:
             top = json.loads(body, object_pairs_hook=_pairs_hook)
         except (RecursionError, ValueError):
