@@ -108,7 +108,14 @@ def scan(
     catalog = fingerprints()
     parsed = [parse_target(text) for text in texts]
     expansion = expand(parsed, parse_ports(ports, default_ports(catalog)), own_targets=own, max_hosts=max_hosts)
-    options = ScanOptions(concurrency=concurrency, rate=rate, timeout=timeout, retries=retries, host_rate=host_rate)
+    options = ScanOptions(
+        concurrency=concurrency,
+        rate=rate,
+        timeout=timeout,
+        retries=retries,
+        host_rate=host_rate,
+        endpoint_budget=max(5.0, 5 * timeout),
+    )
     scanner = Scanner(catalog, options)
     machine = json_out or jsonl_out or sarif_out
     interactive = sys.stderr.isatty() and not machine

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import re
 import ssl
 import time
 from collections.abc import Callable
@@ -27,6 +28,7 @@ USER_AGENT = f"aiperimeter-scan/{__version__} (safe probes; https://github.com/a
 BODY_CAP = 256 * 1024
 HEAD_CAP = 64 * 1024
 MCP_PROTOCOL = "2025-06-18"
+_SESSION_ID = re.compile(r"[\x21-\x7e]{1,256}")
 _PLAIN_TO_TLS = (
     b"plain HTTP request was sent to HTTPS port",
     b"speaking plain HTTP to an SSL",
@@ -47,6 +49,10 @@ class NotHTTP(Exception):
 
 class Unreachable(Exception):
     """No answer: refused, reset, or timed out."""
+
+
+class Silent(Unreachable):
+    """The peer accepted the connection and then said nothing in time: a tarpit is not retried."""
 
 
 def jsonrpc_body(method: str, request_id: int | None) -> bytes:
@@ -141,6 +147,8 @@ class Prober:
                 async with self.limits.host(endpoint.address):
                     await self.limits.pace(endpoint.address)
                     return await self._exchange(endpoint, scheme, method, path, headers, body)
+            except Silent:
+                raise
             except Unreachable:
                 if attempt == self.retries:
                     raise
@@ -194,7 +202,10 @@ class Prober:
         request_headers += [*headers.items(), ("Connection", "close")]
         if body:
             request_headers.append(("Content-Length", str(len(body))))
-        out = connection.send(h11.Request(method=method, target=endpoint.base + path, headers=request_headers))
+        try:
+            out = connection.send(h11.Request(method=method, target=endpoint.base + path, headers=request_headers))
+        except (h11.LocalProtocolError, UnicodeError):
+            raise NotHTTP from None
         if body:
             out += connection.send(h11.Data(data=body))
         out += connection.send(h11.EndOfMessage())
@@ -202,6 +213,7 @@ class Prober:
         reply_headers: dict[str, str] = {}
         chunks: list[bytes] = []
         size = 0
+        sse: _SSEWatch | None = None
         try:
             writer.write(out)
             while True:
@@ -223,13 +235,17 @@ class Prober:
                 elif isinstance(event, h11.Data):
                     chunks.append(bytes(event.data)[: BODY_CAP - size])
                     size += len(chunks[-1])
-                    if size >= BODY_CAP or _first_sse_event_done(reply_headers, chunks):
+                    if size >= BODY_CAP or time.monotonic() > deadline:
+                        break
+                    if sse is None and reply_headers.get("content-type", "").startswith("text/event-stream"):
+                        sse = _SSEWatch()
+                    if sse is not None and sse.feed(chunks[-1]):
                         break
                 elif isinstance(event, h11.EndOfMessage | h11.ConnectionClosed):
                     break
         except TimeoutError:
             if status is None:
-                raise Unreachable from None  # a stream that sent its head keeps what it sent
+                raise Silent from None  # a stream that sent its head keeps what it sent
         except (OSError, ssl.SSLError):
             if status is None:
                 raise Unreachable from None
@@ -241,12 +257,24 @@ class Prober:
         return Reply(status, reply_headers, body_bytes)
 
 
-def _first_sse_event_done(headers: dict[str, str], chunks: list[bytes]) -> bool:
-    """An SSE stream may never end; its first event with data is all a probe needs (comments do not count)."""
-    if not headers.get("content-type", "").startswith("text/event-stream"):
+class _SSEWatch:
+    """Tells when an SSE answer's first event with data is complete. Looks at each chunk once (a peer may send
+    one byte per chunk), keeping only a few bytes of overlap and whether the current event has data."""
+
+    def __init__(self) -> None:
+        self._tail = b""
+        self._has_data = False
+
+    def feed(self, chunk: bytes) -> bool:
+        text = (self._tail + chunk).replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        blocks = text.split(b"\n\n")
+        for block in blocks[:-1]:
+            if self._has_data or b"data:" in block:
+                return True
+            self._has_data = False
+        self._has_data = self._has_data or b"data:" in blocks[-1]
+        self._tail = blocks[-1][-5:]
         return False
-    blocks = b"".join(chunks).replace(b"\r\n", b"\n").split(b"\n\n")
-    return any(b"data:" in block for block in blocks[:-1])
 
 
 async def detect_scheme(prober: Prober, endpoint: Endpoint) -> tuple[Scheme, Reply] | None:
@@ -291,5 +319,6 @@ async def run_probe(
         return None
     if probe.jsonrpc == "initialize" and reply.status == 200:
         session["initialized"] = "1"
-        session["id"] = reply.headers.get("mcp-session-id", "")[:256]
+        session_id = reply.headers.get("mcp-session-id", "")
+        session["id"] = session_id if _SESSION_ID.fullmatch(session_id) else ""  # visible ASCII only, per the spec
     return reply

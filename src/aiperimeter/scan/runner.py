@@ -31,6 +31,7 @@ class ScanOptions:
     retries: int = 1
     per_host: int = 4
     host_rate: float = 20.0  # connections per second to one host
+    endpoint_budget: float = 15.0  # seconds of probing for one open port
 
 
 def usable_concurrency(wanted: int) -> int:
@@ -114,13 +115,27 @@ class Scanner:
                 probes.setdefault(probe.key, probe)
         answers: dict[tuple[object, ...], Reply | None] = {("GET", "/", None, ()): root}
         plain = [p for k, p in probes.items() if p.jsonrpc is None and k not in answers]
-        results = await asyncio.gather(*(run_probe(self.prober, endpoint, scheme, p, {}) for p in plain))
-        answers.update({p.key: r for p, r in zip(plain, results, strict=True)})
-        # JSON-RPC in protocol order, one session per path: initialize before tools/list.
-        sessions: dict[str, dict[str, str]] = defaultdict(dict)
         rpc = sorted((p for p in probes.values() if p.jsonrpc), key=lambda p: p.jsonrpc != "initialize")
-        for probe in rpc:
-            answers[probe.key] = await run_probe(self.prober, endpoint, scheme, probe, sessions[probe.path])
+
+        async def ask(probe: Probe) -> None:
+            answers[probe.key] = await run_probe(self.prober, endpoint, scheme, probe, {})
+
+        async def ask_rpc() -> None:
+            # JSON-RPC in protocol order, one session per path: initialize before tools/list.
+            sessions: dict[str, dict[str, str]] = defaultdict(dict)
+            for probe in rpc:
+                answers[probe.key] = await run_probe(self.prober, endpoint, scheme, probe, sessions[probe.path])
+
+        # One endpoint gets a bounded time: a host that accepts and stalls cannot hold the scan. What answered by
+        # then is judged; what did not counts as no answer.
+        tasks = [asyncio.create_task(ask(p)) for p in plain] + [asyncio.create_task(ask_rpc())]
+        done, pending = await asyncio.wait(tasks, timeout=self.options.endpoint_budget)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        for task in done:
+            if task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
         found = best_match(candidates, replies_for(candidates, lambda probe: answers.get(probe.key)))
         if found is None:
             return "unidentified"
