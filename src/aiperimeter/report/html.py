@@ -30,6 +30,10 @@ def _badge(severity: str) -> str:
     return f'<span class="sev" style="background:{COLOURS[severity]}">{escape(severity)}</span>'
 
 
+def _product(f: Finding) -> str:
+    return f"{f.product_name} {f.version}" if f.version else f.product_name
+
+
 def _finding(f: Finding) -> str:
     rows = "".join(
         f"<li><code>{escape(d['endpoint'])}</code> {_badge(d['severity'])} {escape(d['why'])}</li>" for d in f.dangerous
@@ -41,8 +45,7 @@ def _finding(f: Finding) -> str:
     models = ", ".join(escape(m) for m in f.models) or "none listed"
     return f"""
 <details {"open" if f.severity in ("critical", "high") else ""}>
-<summary>{_badge(f.severity)} {escape(f.url)}: {escape(f.product_name)} {escape(f.version or "")},
- {escape(f.verdict)}</summary>
+<summary>{_badge(f.severity)} {escape(f.url)}: {escape(_product(f))}, {escape(f.verdict)}</summary>
 <p>{escape(f.verdict_note)}</p>
 <p><b>Models:</b> {models}</p>
 {f"<p><b>Reachable without credentials:</b></p><ul>{rows}</ul>" if rows else ""}
@@ -58,8 +61,8 @@ def render_html(result: ScanResult) -> bytes:
         f'<div class="card" style="background:{COLOURS[s]}"><b>{n}</b>{escape(s)}</div>' for s, n in counts.items()
     )
     rows = "".join(
-        f"<tr><td>{_badge(f.severity)}</td><td>{escape(f.url)}</td><td>{escape(f.product_name)}"
-        f" {escape(f.version or '')}</td><td>{escape(f.verdict)}</td><td>{len(f.dangerous)}</td></tr>"
+        f"<tr><td>{_badge(f.severity)}</td><td>{escape(f.url)}</td><td>{escape(_product(f))}</td>"
+        f"<td>{escape(f.verdict)}</td><td>{len(f.dangerous)}</td></tr>"
         for f in result.findings
     )
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())

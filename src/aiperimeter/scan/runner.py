@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections import defaultdict
@@ -73,6 +74,12 @@ async def _pool(items: Sequence[T], work: Callable[[T], Awaitable[R]], concurren
         for task in workers:
             task.cancel()
         await asyncio.gather(*workers, return_exceptions=True)
+
+
+def _order(finding: Finding) -> tuple[int, int, int, int]:
+    """Worst first, then by address as a number (127.0.0.9 before 127.0.0.10), then port."""
+    address = ipaddress.ip_address(finding.address)
+    return (-SEVERITIES.index(finding.severity), address.version, int(address), finding.port)
 
 
 class Scanner:
@@ -189,6 +196,6 @@ class Scanner:
                 result.errors.append(ScanError(f"{endpoint.host}:{endpoint.port}", type(outcome).__name__))
             if progress is not None:
                 progress("probe", done, len(open_endpoints))
-        result.findings.sort(key=lambda f: (-SEVERITIES.index(f.severity), f.host, f.port))
+        result.findings.sort(key=_order)
         result.seconds = time.monotonic() - started
         return result
