@@ -49,11 +49,14 @@ DROP_RESPONSE = frozenset(
 )
 
 
+def connection_tokens(headers: CIMultiDictProxy[str]) -> set[str]:
+    """Header names a Connection header declares hop-by-hop (RFC 9110 7.6.1): they never cross the gateway."""
+    return {token.strip().lower() for value in headers.getall("Connection", ()) for token in value.split(",")}
+
+
 def upstream_headers(incoming: CIMultiDictProxy[str], credential: tuple[str, str] | None) -> CIMultiDict[str]:
     headers: CIMultiDict[str] = CIMultiDict()
-    named_in_connection = {
-        token.strip().lower() for value in incoming.getall("Connection", ()) for token in value.split(",")
-    }
+    named_in_connection = connection_tokens(incoming)
     for name, value in incoming.items():
         lowered = name.lower()
         if (
@@ -73,7 +76,7 @@ def upstream_headers(incoming: CIMultiDictProxy[str], credential: tuple[str, str
 
 def response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     """The upstream's response headers a client may see: no hop-by-hop ones, none its Connection header names."""
-    named = {token.strip().lower() for value in upstream.getall("Connection", ()) for token in value.split(",")}
+    named = connection_tokens(upstream)
     return CIMultiDict((k, v) for k, v in upstream.items() if k.lower() not in DROP_RESPONSE and k.lower() not in named)
 
 
