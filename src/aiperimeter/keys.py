@@ -51,11 +51,15 @@ def new_key_id() -> str:
     return "".join(secrets.choice(_B32) for _ in range(ID_LEN))
 
 
+def format_key(key_id: str, secret_bits: int) -> str:
+    body = f"{PREFIX}{key_id}_{_base62(secret_bits, SECRET_LEN)}"
+    return body + _checksum(body)
+
+
 def generate_key(key_id: str | None = None) -> tuple[str, str]:
     """Return (public id, full secret key)."""
     key_id = key_id or new_key_id()
-    body = f"{PREFIX}{key_id}_{_base62(secrets.randbits(256), SECRET_LEN)}"
-    return key_id, body + _checksum(body)
+    return key_id, format_key(key_id, secrets.randbits(256))
 
 
 def parse_key(token: str) -> str | None:

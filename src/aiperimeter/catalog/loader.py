@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from aiperimeter.catalog.misconfig_rules import MisconfigRule
 from aiperimeter.catalog.schema import Fingerprint
+from aiperimeter.catalog.secret_rules import SecretRule
 from aiperimeter.errors import ConfigError
 
 DATA = Path(__file__).parent / "data"
@@ -22,18 +25,27 @@ def _describe(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
-def load_fingerprint(path: Path) -> Fingerprint:
+Entry = TypeVar("Entry", bound=BaseModel)
+
+
+def load_entry(path: Path, model: type[Entry]) -> Entry:
+    """One catalog file, validated; its id must be its file name."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"cannot read the fingerprint: {exc}", source=str(path)) from None
+        raise ConfigError(f"cannot read the catalog entry: {exc}", source=str(path)) from None
     try:
-        fingerprint = Fingerprint.model_validate(data)
+        entry = model.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_describe(exc), source=str(path)) from None
-    if fingerprint.id != path.stem:
-        raise ConfigError(f"the id {fingerprint.id!r} must match the file name", source=str(path), field="id")
-    return fingerprint
+    entry_id = getattr(entry, "id", None)
+    if entry_id != path.stem:
+        raise ConfigError(f"the id {entry_id!r} must match the file name", source=str(path), field="id")
+    return entry
+
+
+def load_fingerprint(path: Path) -> Fingerprint:
+    return load_entry(path, Fingerprint)
 
 
 def load_fingerprints(folder: Path) -> list[Fingerprint]:
@@ -53,3 +65,31 @@ def load_fingerprints(folder: Path) -> list[Fingerprint]:
 def fingerprints() -> tuple[Fingerprint, ...]:
     """The built-in catalog."""
     return tuple(load_fingerprints(DATA / "fingerprints"))
+
+
+def load_secret_rules(folder: Path) -> list[SecretRule]:
+    return [load_entry(path, SecretRule) for path in sorted(folder.glob("*.yaml"))]
+
+
+@cache
+def secret_rules() -> tuple[SecretRule, ...]:
+    """The built-in secret rules."""
+    return tuple(load_secret_rules(DATA / "secrets"))
+
+
+def load_misconfig_rules(folder: Path, products: set[str]) -> list[MisconfigRule]:
+    rules = [load_entry(path, MisconfigRule) for path in sorted(folder.glob("*.yaml"))]
+    for rule in rules:
+        if unknown := set(rule.products) - products - {"*"}:
+            raise ConfigError(
+                f"products names unknown fingerprints: {', '.join(sorted(unknown))}",
+                source=str(folder / f"{rule.id}.yaml"),
+                field="products",
+            )
+    return rules
+
+
+@cache
+def misconfig_rules() -> tuple[MisconfigRule, ...]:
+    """The built-in misconfiguration rules."""
+    return tuple(load_misconfig_rules(DATA / "misconfig", {fp.id for fp in fingerprints()}))

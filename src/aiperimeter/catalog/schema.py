@@ -198,6 +198,21 @@ class Examples(Strict):
     no_match: list[Example] = Field(default_factory=list)
 
 
+class Runs(Strict):
+    """How the product shows up where it is started: container images, command lines, process names."""
+
+    images: list[str] = Field(default_factory=list)  # regexes searched in the image reference
+    commands: list[str] = Field(default_factory=list)  # regexes searched in the command line, words joined by spaces
+    processes: list[str] = Field(default_factory=list)  # process names, as the process table shows them
+
+    @field_validator("images", "commands")
+    @classmethod
+    def _compiles(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            re.compile(pattern)
+        return value
+
+
 class Fingerprint(Strict):
     id: Annotated[str, Field(pattern=_ID.pattern)]
     name: str
@@ -226,6 +241,7 @@ class Fingerprint(Strict):
     remediation: list[str] = Field(min_length=1)
     gateway_kind: GatewayKind | None = None
     references: list[str] = Field(min_length=1)
+    runs: Runs = Field(default_factory=Runs)
     examples: Examples
 
     @model_validator(mode="after")

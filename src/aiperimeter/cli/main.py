@@ -8,6 +8,7 @@ import typer
 
 from aiperimeter import __version__
 from aiperimeter.cli import keys
+from aiperimeter.cli.audit import audit
 from aiperimeter.cli.common import fail
 from aiperimeter.cli.demo import demo
 from aiperimeter.cli.gateway import gateway
@@ -30,6 +31,7 @@ app.command(help=gateway.__doc__)(gateway)
 app.add_typer(keys.app, name="keys")
 app.command()(demo)
 app.command(help=scan.__doc__)(scan)
+app.command(help=audit.__doc__)(audit)
 
 
 def _version(value: bool) -> None:

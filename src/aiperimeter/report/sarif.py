@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
 from aiperimeter import __version__
+from aiperimeter.audit.findings import AuditResult
 from aiperimeter.report.common import SECURITY_SEVERITY
 from aiperimeter.scan.findings import ScanResult
 
@@ -58,6 +61,64 @@ def render_sarif(result: ScanResult) -> bytes:
                         "rules": list(rules.values()),
                     }
                 },
+                "results": results,
+            }
+        ],
+    }
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+
+
+def _artifact(path: str) -> dict[str, str]:
+    """Relative to the source root where possible: code-scanning UIs resolve only relative paths."""
+    if path.startswith("/"):
+        return {"uri": Path(path).as_uri()}
+    return {"uri": quote(path), "uriBaseId": "%SRCROOT%"}
+
+
+def render_audit_sarif(result: AuditResult) -> bytes:
+    rules: dict[str, dict[str, Any]] = {}
+    results = []
+    for f in result.findings:
+        rules.setdefault(
+            f.rule,
+            {
+                "id": f.rule,
+                "name": "".join(part.title() for part in f.rule.split("-")),
+                "shortDescription": {"text": f.title if f.kind == "secret" else f.rule},
+                "fullDescription": {"text": f.why},
+                "help": {"text": f.fix},
+                "helpUri": f.references[0] if f.references else None,
+                "properties": {"security-severity": SECURITY_SEVERITY[f.severity], "tags": ["security", f.kind]},
+            },
+        )
+        shown = f.redacted or f.evidence
+        entry: dict[str, Any] = {
+            "ruleId": f.rule,
+            "level": LEVEL[f.severity],
+            "message": {"text": f"{f.title}" + (f": {shown}" if shown else "")},
+            "partialFingerprints": {"aiperimeter/v1": f.fingerprint},
+            "properties": {"security-severity": SECURITY_SEVERITY[f.severity], "kind": f.kind},
+        }
+        if f.file is not None:
+            region = {"startLine": f.line or 1} | ({"startColumn": f.column} if f.column else {})
+            entry["locations"] = [{"physicalLocation": {"artifactLocation": _artifact(f.file), "region": region}}]
+        else:
+            entry["locations"] = [{"logicalLocations": [{"name": f.socket, "kind": "socket"}]}]
+        results.append(entry)
+    document = {
+        "$schema": SCHEMA,
+        "version": "2.1.0",
+        "runs": [
+            {
+                "tool": {
+                    "driver": {
+                        "name": "aiperimeter",
+                        "version": __version__,
+                        "informationUri": "https://github.com/aiperimeter/aiperimeter",
+                        "rules": list(rules.values()),
+                    }
+                },
+                "originalUriBaseIds": {"%SRCROOT%": {"uri": Path.cwd().as_uri() + "/"}},
                 "results": results,
             }
         ],

@@ -1,0 +1,261 @@
+"""The audit, in order: read files (or git's index), find secrets and misconfigurations in each, attach
+Kubernetes Services to what they select, judge the rules, list and probe listeners, then apply ignores."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from aiperimeter.audit.configs import ConfigParseError, classify, expose, subjects
+from aiperimeter.audit.files import DEFAULT_MAX_BYTES, SourceFile, WalkStats, git_root, staged, tracked_files, walk
+from aiperimeter.audit.findings import AuditFinding, AuditResult, fingerprint
+from aiperimeter.audit.listeners import ListenerAudit, listening
+from aiperimeter.audit.misconfig import violations
+from aiperimeter.audit.secrets import SecretDetector, SecretHit, redact
+from aiperimeter.audit.subjects import ProductIndex, Subject
+from aiperimeter.catalog.loader import fingerprints, misconfig_rules, secret_rules
+from aiperimeter.errors import ConfigError
+
+# `# aiperimeter:ignore` on a line silences every finding on it; `aiperimeter:ignore[rule-a,rule-b]` only those.
+IGNORE = re.compile(rb"aiperimeter:\s?ignore(?:\[([A-Za-z0-9, _-]*)\])?", re.IGNORECASE)
+_CONFIG_SUFFIXES = (".yaml", ".yml", ".env", ".service", ".sh", ".bash", ".zsh", ".ksh", ".dockerfile")
+_ENV_EXAMPLES = re.compile(r"\.(example|sample|template|dist|defaults?|tmpl|tpl)$", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class AuditOptions:
+    paths: list[Path] = field(default_factory=list)
+    staged: bool = False
+    secrets: bool = True
+    config: bool = True
+    listeners: bool = False
+    ports: frozenset[int] | None = None  # listeners only on these ports
+    max_bytes: int = DEFAULT_MAX_BYTES
+    exclude: tuple[str, ...] = ()
+    baseline: frozenset[str] = frozenset()
+
+
+class _Lines:
+    """Line numbers and line text of one file, computed once and only when a finding needs them."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._starts: list[int] | None = None
+
+    def _index(self) -> list[int]:
+        if self._starts is None:
+            self._starts = [0, *(m.end() for m in re.finditer(rb"\n", self.data))]
+        return self._starts
+
+    def locate(self, offset: int) -> tuple[int, int]:
+        """1-based line and column of a byte offset."""
+        starts = self._index()
+        lo, hi = 0, len(starts) - 1
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if starts[mid] <= offset:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo + 1, offset - starts[lo] + 1
+
+    def text(self, line: int) -> bytes:
+        starts = self._index()
+        if not 1 <= line <= len(starts):
+            return b""
+        end = starts[line] if line < len(starts) else len(self.data)
+        return self.data[starts[line - 1] : end]
+
+
+def ignored(line: bytes, rule: str) -> bool:
+    match = IGNORE.search(line)
+    if match is None:
+        return False
+    if match[1] is None:
+        return True
+    return rule in {r.strip() for r in match[1].decode().split(",")}
+
+
+def _looks_like_config(path: str, data: bytes) -> bool:
+    name = PurePosixPath(path).name.lower()
+    return (
+        name.endswith(_CONFIG_SUFFIXES)
+        or name.startswith((".env", "dockerfile", "containerfile"))
+        or name in ("dockerfile", "containerfile")
+        or data.startswith(b"#!")
+    )
+
+
+class Auditor:
+    def __init__(self, options: AuditOptions) -> None:
+        self.options = options
+        self.catalog = fingerprints()
+        self.detector = SecretDetector(secret_rules())
+        self.rules = misconfig_rules()
+        self.products = ProductIndex(self.catalog)
+        self.result = AuditResult()
+        self._subjects: list[Subject] = []
+        self._lines: dict[str, _Lines] = {}
+        self._tracked: dict[Path, set[Path]] = {}
+
+    def run(self) -> AuditResult:
+        started = time.monotonic()
+        stats = WalkStats()
+        if self.options.staged or self.options.paths:
+            files = (
+                staged(stats, self.options.max_bytes, self.options.exclude)
+                if self.options.staged
+                else walk(self.options.paths, stats, self.options.max_bytes, self.options.exclude)
+            )
+            for source in files:
+                self._file(source)
+            self._judge()
+        if self.options.listeners:
+            self._listeners()
+        self.result.files, self.result.bytes, self.result.skipped = stats.files, stats.bytes, stats.skipped
+        self.result.sort()
+        self.result.seconds = time.monotonic() - started
+        return self.result
+
+    def _keep(self, finding: AuditFinding) -> None:
+        if finding.fingerprint in self.options.baseline:
+            self.result.ignored_baseline += 1
+        else:
+            self.result.findings.append(finding)
+
+    def _file(self, source: SourceFile) -> None:
+        lines = _Lines(source.data)
+        if self.options.secrets:
+            for hit in self.detector.scan(source.data):
+                self._secret(source, lines, hit)
+        if not self.options.config or not _looks_like_config(source.path, source.data):
+            return
+        text = source.data.decode("utf-8", "replace")
+        kind = classify(source.path, text)
+        if kind is None:
+            return
+        if len(source.data) > 2 * 1024 * 1024:
+            self.result.skipped["configuration too large to parse"] += 1
+            return
+        try:
+            found = subjects(kind, source.path, text)
+        except ConfigParseError as exc:
+            self.result.errors.append(f"{source.path}: {exc}")
+            return
+        self._lines[source.path] = lines
+        for subject in found:
+            subject.products |= self.products.of(subject.image, subject.argv)
+        self._subjects.extend(found)
+        if kind == "env" and self.options.secrets:
+            self._committed_env(source, found)
+
+    def _secret(self, source: SourceFile, lines: _Lines, hit: SecretHit) -> None:
+        line, column = lines.locate(hit.start)
+        if ignored(lines.text(line), hit.rule.id):
+            self.result.ignored_inline += 1
+            return
+        rule = hit.rule
+        self._keep(
+            AuditFinding(
+                kind="secret",
+                rule=rule.id,
+                title=rule.name,
+                severity=rule.severity,
+                why=rule.why,
+                fix=rule.fix,
+                fingerprint=fingerprint("secret", rule.id, source.path, fingerprint(hit.secret)),
+                file=source.path,
+                line=line,
+                column=column,
+                provider=rule.provider,
+                redacted=redact(hit.secret),
+                references=tuple(rule.references),
+            )
+        )
+
+    def _is_tracked(self, path: str) -> bool:
+        absolute = Path(path).absolute()
+        root = git_root(absolute.parent)
+        if root is None:
+            return False
+        if root not in self._tracked:
+            try:
+                self._tracked[root] = tracked_files(root)
+            except ConfigError:
+                self._tracked[root] = set()
+        return absolute in self._tracked[root]
+
+    def _committed_env(self, source: SourceFile, found: list[Subject]) -> None:
+        """A real .env file (not an example) committed to git: whatever it holds is in every clone."""
+        name = PurePosixPath(source.path).name
+        values = [n for s in found for n, (v, _) in s.env.items() if v.strip()]
+        if not values or _ENV_EXAMPLES.search(name):
+            return
+        tracked = source.tracked if source.tracked is not None else self._is_tracked(source.path)
+        if not tracked:
+            return
+        lines = self._lines[source.path]
+        if ignored(lines.text(1), "committed-env-file"):
+            self.result.ignored_inline += 1
+            return
+        self._keep(
+            AuditFinding(
+                kind="secret",
+                rule="committed-env-file",
+                title=f"{name} is committed to git",
+                severity="high",
+                why=(
+                    "Environment files hold credentials and are meant to stay on one machine; once committed, every "
+                    f"clone and every fork has them ({len(values)} variables with values here)."
+                ),
+                fix=(
+                    f"git rm --cached {source.path}, add it to .gitignore, commit an example file with placeholder "
+                    "values instead, and rotate every credential it held."
+                ),
+                fingerprint=fingerprint("secret", "committed-env-file", source.path),
+                file=source.path,
+                line=1,
+                evidence=f"tracked by git, {len(values)} variables with values",
+                references=("https://12factor.net/config",),
+            )
+        )
+
+    def _judge(self) -> None:
+        for found in violations(self.rules, expose(self._subjects)):
+            subject, rule = found.subject, found.rule
+            lines = self._lines.get(subject.file)
+            if lines is not None and ignored(lines.text(found.line), rule.id):
+                self.result.ignored_inline += 1
+                continue
+            evidence = "; ".join(found.evidence)
+            self._keep(
+                AuditFinding(
+                    kind="misconfig",
+                    rule=rule.id,
+                    title=f"{rule.title} ({subject.name})",
+                    severity=rule.severity,
+                    why=rule.why,
+                    fix=rule.fix,
+                    fingerprint=fingerprint("misconfig", rule.id, subject.file, subject.name, evidence),
+                    file=subject.file,
+                    line=found.line,
+                    evidence=evidence,
+                    product=sorted(subject.products)[0] if subject.products else None,
+                    references=tuple(rule.references),
+                )
+            )
+
+    def _listeners(self) -> None:
+        found, notes = listening(set(self.options.ports) if self.options.ports is not None else None)
+        self.result.errors.extend(notes)
+        findings, fine = asyncio.run(ListenerAudit(self.catalog).run(found))
+        for finding in findings:
+            self._keep(finding)
+        self.result.listeners_fine = fine
+
+
+def run_audit(options: AuditOptions) -> AuditResult:
+    return Auditor(options).run()
