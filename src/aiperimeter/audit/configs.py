@@ -35,8 +35,8 @@ class LineList(list[Any]):
     lines: list[int]
 
 
-class _Loader(yaml.SafeLoader):
-    pass
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
+    """The safe loader (libyaml's where installed), with line-keeping mappings and sequences."""
 
 
 def _mapping(loader: _Loader, node: yaml.MappingNode) -> LineDict:

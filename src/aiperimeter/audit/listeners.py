@@ -111,9 +111,13 @@ class ListenerAudit:
             return None
         return outcome if isinstance(outcome, Finding) else None
 
-    async def run(self, listeners: list[Listener]) -> tuple[list[AuditFinding], list[dict[str, object]]]:
+    async def run(
+        self, listeners: list[Listener], named_ports: bool = False
+    ) -> tuple[list[AuditFinding], list[dict[str, object]]]:
+        """Findings for listeners beyond loopback; the AI services on loopback, said to be fine. On loopback only
+        suspected services are probed, or every listener when the user named the ports."""
         exposed = [item for item in listeners if not item.loopback]
-        local = [item for item in listeners if item.loopback and self.suspected(item)]
+        local = [item for item in listeners if item.loopback and (named_ports or self.suspected(item))]
         probes = await asyncio.gather(*(self._identify(item) for item in [*exposed, *local]))
         found = dict(zip([*exposed, *local], probes, strict=True))
         findings = []
@@ -124,7 +128,7 @@ class ListenerAudit:
         for item in local:
             probe = found[item]
             if probe is None and not self.products.of_process(item.process or "", list(item.argv)):
-                continue  # a port number alone on loopback says nothing
+                continue  # a port number alone says nothing
             product = probe.product_name if probe else self.names[sorted(self.suspected(item))[0]]
             fine.append(
                 {

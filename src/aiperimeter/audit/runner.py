@@ -251,7 +251,8 @@ class Auditor:
     def _listeners(self) -> None:
         found, notes = listening(set(self.options.ports) if self.options.ports is not None else None)
         self.result.errors.extend(notes)
-        findings, fine = asyncio.run(ListenerAudit(self.catalog).run(found))
+        audit = ListenerAudit(self.catalog)
+        findings, fine = asyncio.run(audit.run(found, named_ports=self.options.ports is not None))
         for finding in findings:
             self._keep(finding)
         self.result.listeners_fine = fine

@@ -9,8 +9,6 @@ import typer
 
 from aiperimeter.cli.common import DataDir, err_console
 from aiperimeter.config import KINDS, load_gateway_settings
-from aiperimeter.gateway.app import exposure_warning
-from aiperimeter.gateway.server import run
 
 HELP = (
     "Run the zero-trust gateway in front of a model server.\n\n"
@@ -64,6 +62,10 @@ def gateway(
             "data_dir": data_dir,
         },
     )
+    # Imported here: the server stack is heavy, and every other command starts faster without it.
+    from aiperimeter.gateway.app import exposure_warning
+    from aiperimeter.gateway.server import run
+
     warning = exposure_warning(settings)
     if warning:
         err_console.print(f"[bold yellow]{warning}[/]", soft_wrap=True)
