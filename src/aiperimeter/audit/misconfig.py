@@ -35,9 +35,11 @@ def _compiled(pattern: str, flags: int = 0) -> re.Pattern[str]:
 
 
 def _shown(name: str, value: str) -> str:
-    if _SECRET_NAME.search(name):
+    if not value:
+        return f"{name}=''"
+    if _SECRET_NAME.search(name) and not value.startswith(("<", "${")):
         return f"{name}=*****"
-    return f"{name}={value[:60]}" if value else f"{name}="
+    return f"{name}={value[:60]}"
 
 
 def _env(test: EnvTest, subject: Subject) -> Evidence | None:
@@ -64,9 +66,10 @@ def _arg(test: ArgTest, subject: Subject) -> Evidence | None:
                 value = word[len(flag) + 1 :]
             else:
                 continue
-            if test.value is None or _compiled(test.value, re.IGNORECASE).fullmatch(value.strip("\"'")):
-                shown = "*****" if _SECRET_NAME.search(flag) else value
-                return [(line, f"{flag} {shown}".strip())]
+            value = value.strip("\"'")
+            if test.value is None or _compiled(test.value, re.IGNORECASE).fullmatch(value):
+                shown = "''" if not value else "*****" if _SECRET_NAME.search(flag) else value
+                return [(line, f"{flag} {shown}")]
     return None
 
 
@@ -105,7 +108,24 @@ def evaluate(condition: Condition, subject: Subject) -> Evidence | None:
                 return found
         return None
     assert condition.not_ is not None
-    return [] if evaluate(condition.not_, subject) is None else None
+    if evaluate(condition.not_, subject) is not None:
+        return None
+    missing = absent(condition.not_)
+    return [(subject.line, f"no {missing}")] if missing else []
+
+
+def absent(condition: Condition) -> str | None:
+    """Names the setting a negated presence test found missing ("no --api-key"); None for other tests."""
+    if condition.env is not None and condition.env.value in (None, ".*", ".+"):
+        return condition.env.name.replace("\\", "")
+    if condition.arg is not None and condition.arg.value is None:
+        return "/".join(condition.arg.flag)
+    if condition.missing is not None:
+        return condition.missing
+    if condition.any is not None:
+        names = [absent(child) for child in condition.any]
+        return " or ".join(n for n in names if n) or None
+    return None
 
 
 def _present(document: Any, dotted: str) -> bool:
@@ -136,6 +156,6 @@ def violations(rules: Iterable[MisconfigRule], subjects: Iterable[Subject]) -> l
             evidence = evaluate(rule.when, subject)
             if evidence is None:
                 continue
-            line = min((line for line, _ in evidence), default=subject.line)
+            line = min((line for line, text in evidence if not text.startswith("no ")), default=subject.line)
             found.append(Violation(rule, subject, line, tuple(dict.fromkeys(text for _, text in evidence))))
     return found

@@ -224,8 +224,13 @@ class Auditor:
         )
 
     def _judge(self) -> None:
+        seen: set[tuple[str, str, int, tuple[str, ...]]] = set()
         for found in violations(self.rules, expose(self._subjects)):
             subject, rule = found.subject, found.rule
+            # A script's exported variable reaches every later command: one finding, not one per command.
+            if (key := (rule.id, subject.file, found.line, found.evidence)) in seen:
+                continue
+            seen.add(key)
             lines = self._lines.get(subject.file)
             if lines is not None and ignored(lines.text(found.line), rule.id):
                 self.result.ignored_inline += 1

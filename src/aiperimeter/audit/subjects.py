@@ -93,6 +93,7 @@ _RUN_VALUED = frozenset({
     "--health-cmd", "--dns", "--gpus", "--pid", "--cidfile", "--cpu-shares", "-c", "--memory-swap", "--group-add",
     "--stop-signal", "--stop-timeout"
 })  # fmt: skip
+FROM_CALLER = "<from the caller's environment>"  # `-e NAME` or compose `- NAME`: set, value unknown here
 _ASSIGN = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
 
 
@@ -180,7 +181,7 @@ def container_run(argv: list[str], line: int) -> tuple[str | None, list[str], di
             flag = flag[:2]
         if flag in ("-e", "--env") and value:
             name, has, val = value.partition("=")
-            env[name] = val if has else "<from the caller's environment>"
+            env[name] = val if has else FROM_CALLER
         elif flag in ("-p", "--publish") and value and (port := parse_port_spec(value, line)):
             ports.append(port)
         elif flag in ("--network", "--net") and value == "host":

@@ -27,7 +27,7 @@ CLASSES = {
     "b64": string.ascii_letters + string.digits + "+/",
 }
 TEMPLATE = re.compile(r"\{\{fake ([^}]+)\}\}")
-_PIECE = re.compile(r"\+(?P<cls>[A-Za-z0-9]+?)(?P<n>\d+)$")
+_PIECE = re.compile(r"\+(?P<cls>" + "|".join(sorted(CLASSES, key=len, reverse=True)) + r")(?P<n>\d+)$")
 
 
 def fake(spec: str, rng: random.Random) -> str:
@@ -41,7 +41,7 @@ def fake(spec: str, rng: random.Random) -> str:
             out.append(format_key(key_id, rng.getrandbits(256)))
         elif piece.startswith("+"):
             match = _PIECE.match(piece)
-            if match is None or match["cls"] not in CLASSES:
+            if match is None:
                 raise ValueError(f"unknown piece {piece!r}: use +CLASS<length> with CLASS in {', '.join(CLASSES)}")
             alphabet = CLASSES[match["cls"]]
             out.append("".join(rng.choice(alphabet) for _ in range(int(match["n"]))))

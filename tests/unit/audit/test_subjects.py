@@ -7,7 +7,7 @@ import shlex
 import pytest
 
 from aiperimeter.audit.configs import ConfigParseError, classify, expose, subjects
-from aiperimeter.audit.subjects import Published, command_subject, parse_port_spec, strip_wrappers
+from aiperimeter.audit.subjects import FROM_CALLER, Published, command_subject, parse_port_spec, strip_wrappers
 
 
 @pytest.mark.parametrize(
@@ -85,10 +85,17 @@ def test_compose_environment_as_list_and_mapping_with_lines() -> None:
         "    environment:\n"
         "      WEBUI_AUTH: false\n"
         "      PORT: ${PORT:-8080}\n"
+        "      LITELLM_MASTER_KEY: ${LITELLM_MASTER_KEY}\n"
+        "    command: vllm serve m --host ${HOST:-127.0.0.1}\n"
     )
     a, b = subjects("compose", "c.yml", text)
-    assert a.env == {"OLLAMA_HOST": ("0.0.0.0", 5), "EMPTY": ("", 6)}
-    assert b.env == {"WEBUI_AUTH": ("false", 10), "PORT": ("8080", 11)}
+    assert a.env == {"OLLAMA_HOST": ("0.0.0.0", 5), "EMPTY": (FROM_CALLER, 6)}
+    assert b.env == {
+        "WEBUI_AUTH": ("false", 10),
+        "PORT": ("8080", 11),
+        "LITELLM_MASTER_KEY": ("${LITELLM_MASTER_KEY}", 12),
+    }
+    assert b.argv == ["vllm", "serve", "m", "--host", "127.0.0.1"]
 
 
 def test_kubernetes_service_attaches_to_the_workloads_it_selects() -> None:
