@@ -53,10 +53,11 @@ def is_placeholder(secret: str, prefix_len: int = 0) -> bool:
 
 
 def _assignment_regex(name: str, value: str) -> bytes:
-    # NAME = v | NAME: v | "name": "v" | --name v | name => v ; the name part is case-insensitive.
+    # NAME = v | NAME: v | "name": "v" | --name v | name => v | environ["NAME"] = "v" | getenv("NAME", "v");
+    # the name part is case-insensitive.
     return (
-        rb"(?i:[A-Za-z0-9_.-]{0,40}(?:" + name.encode() + rb")[A-Za-z0-9_.-]{0,40})[\"']?[ \t]{0,4}"
-        rb"(?:=|:=|:|=>|[ \t])[ \t]{0,4}[\"']?(?P<secret>" + value.encode() + rb")" + _RIGHT
+        rb"(?i:[A-Za-z0-9_.-]{0,40}(?:" + name.encode() + rb")[A-Za-z0-9_.-]{0,40})[\"'\]]{0,2}[ \t]{0,4}"
+        rb"(?:=|:=|:|=>|,|[ \t])[ \t]{0,4}[\"']?(?P<secret>" + value.encode() + rb")" + _RIGHT
     )
 
 

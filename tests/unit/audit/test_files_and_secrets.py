@@ -139,3 +139,19 @@ def test_long_random_values_are_not_placeholders() -> None:
 
     assert not is_placeholder(secrets.token_urlsafe(450))
     assert not is_placeholder(secrets.token_hex(70))
+
+
+@pytest.mark.parametrize(
+    "template",
+    [
+        pytest.param('MISTRAL_API_KEY = "{{fake +alnum32}}"', id="assignment"),
+        pytest.param('os.environ["MISTRAL_API_KEY"] = "{{fake +alnum32}}"', id="environ-item"),
+        pytest.param('key = os.getenv("MISTRAL_API_KEY", "{{fake +alnum32}}")', id="getenv-default"),
+        pytest.param('{"mistral_api_key": "{{fake +alnum32}}"}', id="json"),
+        pytest.param("mistral-key: {{fake +alnum32}}", id="yaml"),
+        pytest.param("run --mistral-api-key {{fake +alnum32}}", id="flag"),
+    ],
+)
+def test_assignment_shapes_of_a_key_without_prefix(template: str) -> None:
+    text, (key,) = expand_with_values(template, "assign")
+    assert [(h.rule.id, h.secret) for h in DETECTOR.scan(text.encode())] == [("mistral", key)]
