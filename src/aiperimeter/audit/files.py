@@ -115,13 +115,18 @@ def _read(path: Path, stats: WalkStats, max_bytes: int) -> Iterator[SourceFile]:
     except OSError:
         stats.skipped["unreadable"] += 1
         return
+    if (data := _counted(raw, stats)) is not None:
+        yield SourceFile(display_path(path), data)
+
+
+def _counted(raw: bytes, stats: WalkStats) -> bytes | None:
     data = decode_for_scan(raw)
     if data is None:
         stats.skipped["binary"] += 1
-        return
+        return None
     stats.files += 1
     stats.bytes += len(raw)
-    yield SourceFile(display_path(path), data)
+    return data
 
 
 def _git(args: list[str], cwd: Path, data: bytes | None = None) -> bytes:
@@ -172,11 +177,5 @@ def staged(stats: WalkStats, max_bytes: int = DEFAULT_MAX_BYTES, exclude: tuple[
         if size > max_bytes:
             stats.skipped["too large"] += 1
             continue
-        raw = _git(["cat-file", "blob", f":{name}"], root)
-        data = decode_for_scan(raw)
-        if data is None:
-            stats.skipped["binary"] += 1
-            continue
-        stats.files += 1
-        stats.bytes += len(raw)
-        yield SourceFile(display_path(root / name), data, tracked=True)
+        if (data := _counted(_git(["cat-file", "blob", f":{name}"], root), stats)) is not None:
+            yield SourceFile(display_path(root / name), data, tracked=True)

@@ -17,6 +17,21 @@ LEVEL = {"critical": "error", "high": "error", "medium": "warning", "low": "note
 SCHEMA = "https://json.schemastore.org/sarif-2.1.0.json"
 
 
+def _document(rules: list[dict[str, Any]], results: list[dict[str, Any]], run: dict[str, Any] | None = None) -> bytes:
+    driver = {
+        "name": "aiperimeter",
+        "version": __version__,
+        "informationUri": "https://github.com/aiperimeter/aiperimeter",
+        "rules": rules,
+    }
+    document = {
+        "$schema": SCHEMA,
+        "version": "2.1.0",
+        "runs": [{"tool": {"driver": driver}, **(run or {}), "results": results}],
+    }
+    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+
+
 def render_sarif(result: ScanResult) -> bytes:
     rules: dict[str, dict[str, Any]] = {}
     results = []
@@ -48,24 +63,7 @@ def render_sarif(result: ScanResult) -> bytes:
                 "properties": {"security-severity": SECURITY_SEVERITY[finding.severity], "verdict": finding.verdict},
             }
         )
-    document = {
-        "$schema": SCHEMA,
-        "version": "2.1.0",
-        "runs": [
-            {
-                "tool": {
-                    "driver": {
-                        "name": "aiperimeter",
-                        "version": __version__,
-                        "informationUri": "https://github.com/aiperimeter/aiperimeter",
-                        "rules": list(rules.values()),
-                    }
-                },
-                "results": results,
-            }
-        ],
-    }
-    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+    return _document(list(rules.values()), results)
 
 
 def _artifact(path: str) -> dict[str, str]:
@@ -105,22 +103,6 @@ def render_audit_sarif(result: AuditResult) -> bytes:
         else:
             entry["locations"] = [{"logicalLocations": [{"name": f.socket, "kind": "socket"}]}]
         results.append(entry)
-    document = {
-        "$schema": SCHEMA,
-        "version": "2.1.0",
-        "runs": [
-            {
-                "tool": {
-                    "driver": {
-                        "name": "aiperimeter",
-                        "version": __version__,
-                        "informationUri": "https://github.com/aiperimeter/aiperimeter",
-                        "rules": list(rules.values()),
-                    }
-                },
-                "originalUriBaseIds": {"%SRCROOT%": {"uri": Path.cwd().as_uri() + "/"}},
-                "results": results,
-            }
-        ],
-    }
-    return orjson.dumps(document, option=orjson.OPT_INDENT_2) + b"\n"
+    return _document(
+        list(rules.values()), results, {"originalUriBaseIds": {"%SRCROOT%": {"uri": Path.cwd().as_uri() + "/"}}}
+    )
