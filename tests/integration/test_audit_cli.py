@@ -235,3 +235,24 @@ def test_pre_commit_hook_definition_runs_the_staged_audit() -> None:
     assert hook["entry"].split()[:3] == ["aiperimeter", "audit", "--staged"]
     assert hook["pass_filenames"] is False
     assert shutil.which(hook["entry"].split()[0]) or hook["language"] == "python"
+
+
+def test_compose_env_file_settings_count_and_outside_files_are_not_read(tmp_path: Path) -> None:
+    (tmp_path / "stack").mkdir()
+    (tmp_path / "stack" / ".env").write_text("LITELLM_MASTER_KEY=${MASTER}\nLANGFLOW_AUTO_LOGIN=true\n")
+    (tmp_path / "outside.env").write_text("WEBUI_AUTH=False\n")
+    (tmp_path / "stack" / "docker-compose.yml").write_text(
+        "services:\n"
+        "  litellm:\n    image: ghcr.io/berriai/litellm:main\n    env_file: .env\n"
+        "  flow:\n    image: langflowai/langflow:1.5.0\n    env_file: [.env]\n"
+        "  webui:\n    image: ghcr.io/open-webui/open-webui:main\n    env_file:\n      - path: /etc/hostname\n"
+        "      - ../outside.env\n"
+    )
+    _, doc = audit_json(tmp_path / "stack", ".", "--no-secrets")
+    # The master key set in .env satisfies LiteLLM; auto-login is reported once, in the env file that sets it
+    # (not once per service that loads it); the file outside the audited folder is not read.
+    assert findings(doc) == [("misconfig", "langflow-auto-login", ".env", 2)]
+    assert [e.split(": ", 1)[1] for e in doc["errors"]] == [
+        "env_file /etc/hostname is outside the audited paths",
+        "env_file ../outside.env is outside the audited paths",
+    ]

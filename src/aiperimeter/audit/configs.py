@@ -160,6 +160,7 @@ def _compose(path: str, text: str) -> Iterator[Subject]:
             subject.argv = [_env_value(word) for word in argv]
             subject.argv_line = line_of(service, "command", line_of(service, "entrypoint", line))
             subject.env = _compose_env(service.get("environment"), line_of(service, "environment", line))
+            subject.env_files = _env_files(service.get("env_file"), line_of(service, "env_file", line))
             ports = service.get("ports")
             if isinstance(ports, list):
                 for index, item in enumerate(ports):
@@ -181,6 +182,18 @@ def _compose_env(value: Any, line: int) -> dict[str, tuple[str, int]]:
             name, has, item_value = scalar(item).partition("=")
             env[name] = (_env_value(item_value) if has else FROM_CALLER, line_of(value, index, line))
     return env
+
+
+def _env_files(value: Any, line: int) -> list[tuple[str, int]]:
+    """`env_file: .env`, a list of paths, or a list of `{path: ..., required: ...}`."""
+    items = value if isinstance(value, list) else [value] if value else []
+    paths = [scalar(item.get("path")) if isinstance(item, dict) else scalar(item) for item in items]
+    return [(path, line) for path in paths if path]
+
+
+def read_env_text(text: str) -> dict[str, str]:
+    """The variables an env file sets (for a compose service's env_file)."""
+    return {b.key: b.value or "" for b in parse_stream(io.StringIO(text)) if b.key is not None and not b.error}
 
 
 def _env_value(text: str) -> str:

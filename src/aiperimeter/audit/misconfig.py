@@ -42,9 +42,10 @@ def _shown(name: str, value: str) -> str:
     return f"{name}={value[:60]}"
 
 
-def _env(test: EnvTest, subject: Subject) -> Evidence | None:
+def _env(test: EnvTest, subject: Subject, inherit: bool) -> Evidence | None:
     found = []
-    for name, (value, line) in subject.env.items():
+    variables = subject.inherited | subject.env if inherit else subject.env
+    for name, (value, line) in variables.items():
         if not _compiled(test.name).fullmatch(name):
             continue
         value = value.strip().strip("\"'")
@@ -73,10 +74,14 @@ def _arg(test: ArgTest, subject: Subject) -> Evidence | None:
     return None
 
 
-def evaluate(condition: Condition, subject: Subject) -> Evidence | None:
-    """The evidence that the condition holds for the subject, or None when it does not hold."""
+def evaluate(condition: Condition, subject: Subject, inherit: bool = True) -> Evidence | None:
+    """The evidence that the condition holds for the subject, or None when it does not hold.
+
+    Variables a subject inherits from an env_file always count as present (an absence test sees them), but they
+    prove a setting only when `inherit` is true: a rule for any subject would otherwise report the same env file
+    once for every service that loads it; the env file is audited on its own."""
     if condition.env is not None:
-        return _env(condition.env, subject)
+        return _env(condition.env, subject, inherit)
     if condition.arg is not None:
         return _arg(condition.arg, subject)
     if condition.published is not None:
@@ -97,18 +102,18 @@ def evaluate(condition: Condition, subject: Subject) -> Evidence | None:
     if condition.all is not None:
         evidence: Evidence = []
         for child in condition.all:
-            found = evaluate(child, subject)
+            found = evaluate(child, subject, inherit)
             if found is None:
                 return None
             evidence += found
         return evidence
     if condition.any is not None:
         for child in condition.any:
-            if (found := evaluate(child, subject)) is not None:
+            if (found := evaluate(child, subject, inherit)) is not None:
                 return found
         return None
     assert condition.not_ is not None
-    if evaluate(condition.not_, subject) is not None:
+    if evaluate(condition.not_, subject, True) is not None:
         return None
     missing = absent(condition.not_)
     return [(subject.line, f"no {missing}")] if missing else []
@@ -153,7 +158,7 @@ def violations(rules: Iterable[MisconfigRule], subjects: Iterable[Subject]) -> l
         for rule in rules:
             if not applies(rule, subject):
                 continue
-            evidence = evaluate(rule.when, subject)
+            evidence = evaluate(rule.when, subject, inherit=bool(rule.products))
             if evidence is None:
                 continue
             line = min((line for line, text in evidence if not text.startswith("no ")), default=subject.line)

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from aiperimeter.audit.configs import ConfigParseError, classify, expose, subjects
+from aiperimeter.audit.configs import ConfigParseError, classify, expose, read_env_text, subjects
 from aiperimeter.audit.files import DEFAULT_MAX_BYTES, SourceFile, WalkStats, git_root, staged, tracked_files, walk
 from aiperimeter.audit.findings import AuditFinding, AuditResult, fingerprint
 from aiperimeter.audit.listeners import ListenerAudit, listening
@@ -22,6 +22,7 @@ from aiperimeter.errors import ConfigError
 # `# aiperimeter:ignore` on a line silences every finding on it; `aiperimeter:ignore[rule-a,rule-b]` only those.
 IGNORE = re.compile(rb"aiperimeter:\s?ignore(?:\[([A-Za-z0-9, _-]*)\])?", re.IGNORECASE)
 _CONFIG_SUFFIXES = (".yaml", ".yml", ".env", ".service", ".sh", ".bash", ".zsh", ".ksh", ".dockerfile")
+MAX_ENV_FILE_BYTES = 1024 * 1024
 _ENV_EXAMPLES = re.compile(r"\.(example|sample|template|dist|defaults?|tmpl|tpl)$", re.IGNORECASE)
 
 
@@ -148,9 +149,28 @@ class Auditor:
         self._lines[source.path] = lines
         for subject in found:
             subject.products |= self.products.of(subject.image, subject.argv)
+            if subject.env_files and not self.options.staged:
+                self._read_env_files(subject)
         self._subjects.extend(found)
         if kind == "env" and self.options.secrets:
             self._committed_env(source, found)
+
+    def _read_env_files(self, subject: Subject) -> None:
+        """A compose service's env_file, read when it lies below an audited folder or the compose file's own folder
+        (a hostile compose file must not pull in /etc/...); `environment:` wins over it, as in compose."""
+        roots = [path.resolve() for path in self.options.paths if path.is_dir()] + [Path(subject.file).parent.resolve()]
+        for name, line in subject.env_files:
+            path = (Path(subject.file).parent / name).resolve()
+            if not any(path == root or root in path.parents for root in roots):
+                self.result.errors.append(f"{subject.file}:{line}: env_file {name} is outside the audited paths")
+                continue
+            try:
+                if path.stat().st_size > MAX_ENV_FILE_BYTES:
+                    continue
+                values = read_env_text(path.read_text(encoding="utf-8", errors="replace"))
+            except OSError:
+                continue  # a missing env_file is a deployment problem, not an exposure
+            subject.inherited |= {key: (value, line) for key, value in values.items()}
 
     def _secret(self, source: SourceFile, lines: _Lines, hit: SecretHit) -> None:
         line, column = lines.locate(hit.start)

@@ -56,6 +56,8 @@ class Subject:
     host_network: int | None = None  # line where the host network is chosen
     exposures: list[tuple[str, int, str]] = field(default_factory=list)  # (how, line, what exposes it)
     document: Any = None  # the subject's own parsed document, for `missing` tests
+    env_files: list[tuple[str, int]] = field(default_factory=list)  # compose env_file paths, as written
+    inherited: dict[str, tuple[str, int]] = field(default_factory=dict)  # from env_file; `env` overrides it
     labels: dict[str, str] = field(default_factory=dict)
     namespace: str = "default"
     products: set[str] = field(default_factory=set)
