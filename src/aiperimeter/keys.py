@@ -30,7 +30,7 @@ _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 KEY_RE = re.compile(rf"aip_([a-z2-7]{{{ID_LEN}}})_([0-9A-Za-z]{{{SECRET_LEN}}})([0-9A-Za-z]{{{CHECK_LEN}}})")
 ID_RE = re.compile(rf"[a-z2-7]{{{ID_LEN}}}")
 
-KeyStatus = Literal["active", "expired", "revoked"]
+KeyStatus = Literal["active", "expired", "revoked", "suspended"]
 ADMIN_SCOPE = "admin"
 KNOWN_SCOPES = frozenset({ADMIN_SCOPE})
 
@@ -94,13 +94,34 @@ class KeyRecord:
     created_at: float = field(default_factory=time.time)
     expires_at: float | None = None
     revoked_at: float | None = None
+    suspended_at: float | None = None  # refused until resumed; unlike revocation, reversible
+    # A rotation keeps the previous secret valid until `previous_until` (the grace), then never again.
+    previous_hash: str | None = None
+    previous_until: float | None = None
+    # Limits for this key (None: the gateway's defaults): requests and tokens per minute, requests at once.
+    rpm: int | None = None
+    tpm: int | None = None
+    concurrency: int | None = None
 
     def status(self, now: float) -> KeyStatus:
         if self.revoked_at is not None and self.revoked_at <= now:
             return "revoked"
         if self.expires_at is not None and self.expires_at <= now:
             return "expired"
+        if self.suspended_at is not None:
+            return "suspended"
         return "active"
+
+    def accepts(self, secret_hash: str, now: float) -> bool:
+        """Whether this hash is the key's current secret, or its previous one within the rotation grace."""
+        if secrets.compare_digest(secret_hash, self.secret_hash):
+            return True
+        return (
+            self.previous_hash is not None
+            and self.previous_until is not None
+            and now < self.previous_until
+            and secrets.compare_digest(secret_hash, self.previous_hash)
+        )
 
     def public(self, now: float) -> dict[str, object]:
         """The fields safe to show anyone who may list keys."""
@@ -114,6 +135,9 @@ class KeyRecord:
             "created_at": self.created_at,
             "expires_at": self.expires_at,
             "revoked_at": self.revoked_at,
+            "suspended_at": self.suspended_at,
+            "rotation_grace_until": self.previous_until if self.previous_until and self.previous_until > now else None,
+            "limits": {"rpm": self.rpm, "tpm": self.tpm, "concurrency": self.concurrency},
         }
 
 
@@ -124,6 +148,9 @@ def new_key(
     models: frozenset[str] | None = None,
     expires_at: float | None = None,
     now: float | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    concurrency: int | None = None,
 ) -> tuple[KeyRecord, str]:
     """A fresh key: the record to store and the secret to hand over once."""
     key_id, secret = generate_key()
@@ -135,5 +162,14 @@ def new_key(
         models=models,
         created_at=time.time() if now is None else now,
         expires_at=expires_at,
+        rpm=rpm,
+        tpm=tpm,
+        concurrency=concurrency,
     )
     return record, secret
+
+
+def new_secret(key_id: str) -> tuple[str, str]:
+    """A new secret for an existing key (rotation): (the secret, its hash)."""
+    _, secret = generate_key(key_id)
+    return secret, hash_key(secret)

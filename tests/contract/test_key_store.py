@@ -93,3 +93,68 @@ async def test_sqlite_is_shared_between_connections(tmp_path: Path) -> None:
     finally:
         await writer.close()
         await reader.close()
+
+
+async def test_rotation_keeps_the_previous_secret_for_the_grace_only(store: KeyStore) -> None:
+    from aiperimeter.keys import new_secret
+
+    record, _ = new_key("app")
+    await store.add(record, "t")
+    _, new_hash = new_secret(record.id)
+    rotated = await store.rotate(record.id, new_hash, 1_000.0, "alice")
+    assert rotated is not None
+    assert (rotated.secret_hash, rotated.previous_hash, rotated.previous_until) == (
+        new_hash,
+        record.secret_hash,
+        1_000.0,
+    )
+    assert await store.by_hash(new_hash) == rotated
+    assert await store.by_hash(record.secret_hash) == rotated  # the old secret still finds the key...
+    assert rotated.accepts(record.secret_hash, 999.0) and not rotated.accepts(record.secret_hash, 1_000.0)  # ...until
+    assert rotated.accepts(new_hash, 10**10)
+    # A second rotation ends the first one's grace: only the secret it replaces keeps working.
+    _, third = new_secret(record.id)
+    again = await store.rotate(record.id, third, 2_000.0, "bob")
+    assert again is not None and again.previous_hash == new_hash
+    assert await store.by_hash(record.secret_hash) is None
+    with pytest.raises(ValueError, match="in use"):
+        await store.rotate(record.id, third, 3_000.0, "bob")
+    assert await store.rotate("nosuchkeyxxx", "f" * 64, 1.0, "t") is None
+    await store.revoke(record.id, 5.0, "t")
+    _, fourth = new_secret(record.id)
+    assert await store.rotate(record.id, fourth, 9.0, "t") is None  # a revoked key stays revoked
+
+
+async def test_suspend_and_resume(store: KeyStore) -> None:
+    record, _ = new_key("app")
+    await store.add(record, "t")
+    suspended = await store.suspend(record.id, 10.0, "alice")
+    assert suspended is not None and suspended.status(20.0) == "suspended"
+    assert not await store.has_active(20.0)
+    assert (await store.suspend(record.id, 30.0, "alice")).suspended_at == 10.0  # type: ignore[union-attr]
+    resumed = await store.resume(record.id, "bob")
+    assert resumed is not None and resumed.status(20.0) == "active"
+    assert await store.suspend("nosuchkeyxxx", 1.0, "t") is None
+    assert await store.resume("nosuchkeyxxx", "t") is None
+
+
+async def test_lifecycle_events_name_who_did_what(store: KeyStore) -> None:
+    from aiperimeter.keys import new_secret
+
+    record, _ = new_key("app", rpm=60, tpm=10_000, concurrency=4)
+    await store.add(record, "alice")
+    stored = await store.get(record.id)
+    assert stored is not None and (stored.rpm, stored.tpm, stored.concurrency) == (60, 10_000, 4)
+    await store.rotate(record.id, new_secret(record.id)[1], time.time() + 60, "bob")
+    await store.suspend(record.id, time.time(), "carol")
+    await store.resume(record.id, "carol")
+    await store.revoke(record.id, time.time(), "dave")
+    events = await store.events(record.id)
+    assert [(kind, actor) for kind, actor, _ in events] == [
+        ("create", "alice"),
+        ("rotate", "bob"),
+        ("suspend", "carol"),
+        ("resume", "carol"),
+        ("revoke", "dave"),
+    ]
+    assert all(at > 0 for _, _, at in events)

@@ -2,6 +2,9 @@
 
 A cached key lives at most `ttl` seconds, so even a lost change cannot keep a revoked key alive longer than that;
 the follower polls the store's change feed every `poll` seconds and evicts changed keys at once.
+
+When the store fails, a key verified within the last `stale` seconds keeps working (a database hiccup must not
+refuse valid keys); any other key gets 503, never 401. Nothing is served stale beyond that window.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ import asyncio
 import logging
 import time
 
+from aiperimeter.errors import BackendUnavailable
 from aiperimeter.keys import KeyRecord
 from aiperimeter.state.base import KeyStore
 
@@ -17,18 +21,22 @@ log = logging.getLogger("aiperimeter.gateway")
 
 
 class KeyCache:
-    def __init__(self, store: KeyStore, *, ttl: float, poll: float, max_entries: int = 100_000) -> None:
+    def __init__(
+        self, store: KeyStore, *, ttl: float, poll: float, stale: float = 60.0, max_entries: int = 100_000
+    ) -> None:
         self.store = store
         self.ttl = ttl
         self.poll = poll
+        self.stale = stale
         self.max_entries = max_entries
-        self._entries: dict[str, tuple[KeyRecord, float]] = {}
+        self._entries: dict[str, tuple[KeyRecord, float]] = {}  # hash -> (record, monotonic time verified)
+        self.serving_stale = False
         self._cursor = -1
         self._task: asyncio.Task[None] | None = None
 
     def cached(self, secret_hash: str) -> KeyRecord | None:
         entry = self._entries.get(secret_hash)
-        if entry is not None and entry[1] > time.monotonic():
+        if entry is not None and time.monotonic() - entry[1] < self.ttl:
             return entry[0]
         return None
 
@@ -37,11 +45,23 @@ class KeyCache:
         if record is not None:
             return record
         now = time.monotonic()
-        record = await self.store.by_hash(secret_hash)
+        try:
+            record = await self.store.by_hash(secret_hash)
+        except BackendUnavailable:
+            entry = self._entries.get(secret_hash)
+            if entry is not None and now - entry[1] < self.stale:
+                if not self.serving_stale:
+                    log.warning("key store unavailable: serving keys verified in the last %.0fs", self.stale)
+                self.serving_stale = True
+                return entry[0]
+            raise
+        if self.serving_stale:
+            log.info("key store available again")
+            self.serving_stale = False
         if record is not None:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
-            self._entries[secret_hash] = (record, now + self.ttl)
+            self._entries[secret_hash] = (record, now)
         else:
             self._entries.pop(secret_hash, None)
         return record

@@ -37,13 +37,37 @@ MIGRATIONS: tuple[str, ...] = (
         at REAL NOT NULL
     );
     """,
+    # 2: suspension, rotation with a grace period, per-key limits
+    """
+    ALTER TABLE keys ADD COLUMN suspended_at REAL;
+    ALTER TABLE keys ADD COLUMN previous_hash TEXT;
+    ALTER TABLE keys ADD COLUMN previous_until REAL;
+    ALTER TABLE keys ADD COLUMN rpm INTEGER;
+    ALTER TABLE keys ADD COLUMN tpm INTEGER;
+    ALTER TABLE keys ADD COLUMN concurrency INTEGER;
+    CREATE UNIQUE INDEX keys_previous_hash ON keys (previous_hash);
+    CREATE INDEX key_changes_key ON key_changes (key_id, seq)
+    """,
 )
 
-_COLUMNS = "id, name, secret_hash, scopes, models, created_at, expires_at, revoked_at"
+COLUMNS = (
+    "id, name, secret_hash, scopes, models, created_at, expires_at, revoked_at, suspended_at, previous_hash, "
+    "previous_until, rpm, tpm, concurrency"
+)
 
 
-def _row_to_record(row: tuple[object, ...]) -> KeyRecord:
-    key_id, name, secret_hash, scopes, models, created_at, expires_at, revoked_at = row
+def _opt_float(value: object) -> float | None:
+    return float(value) if value is not None else None  # type: ignore[arg-type]
+
+
+def _opt_int(value: object) -> int | None:
+    return int(value) if value is not None else None  # type: ignore[call-overload]
+
+
+def row_to_record(row: tuple[object, ...] | list[object]) -> KeyRecord:
+    """A record from a row of COLUMNS (shared with the PostgreSQL store)."""
+    (key_id, name, secret_hash, scopes, models, created_at, expires_at, revoked_at, suspended_at, previous_hash,
+     previous_until, rpm, tpm, concurrency) = row  # fmt: skip
     return KeyRecord(
         id=str(key_id),
         name=str(name),
@@ -51,8 +75,33 @@ def _row_to_record(row: tuple[object, ...]) -> KeyRecord:
         scopes=frozenset(orjson.loads(str(scopes))),
         models=frozenset(orjson.loads(str(models))) if models is not None else None,
         created_at=float(created_at),  # type: ignore[arg-type]
-        expires_at=float(expires_at) if expires_at is not None else None,  # type: ignore[arg-type]
-        revoked_at=float(revoked_at) if revoked_at is not None else None,  # type: ignore[arg-type]
+        expires_at=_opt_float(expires_at),
+        revoked_at=_opt_float(revoked_at),
+        suspended_at=_opt_float(suspended_at),
+        previous_hash=str(previous_hash) if previous_hash is not None else None,
+        previous_until=_opt_float(previous_until),
+        rpm=_opt_int(rpm),
+        tpm=_opt_int(tpm),
+        concurrency=_opt_int(concurrency),
+    )
+
+
+def record_to_row(record: KeyRecord) -> tuple[object, ...]:
+    return (
+        record.id,
+        record.name,
+        record.secret_hash,
+        orjson.dumps(sorted(record.scopes)).decode(),
+        orjson.dumps(sorted(record.models)).decode() if record.models is not None else None,
+        record.created_at,
+        record.expires_at,
+        record.revoked_at,
+        record.suspended_at,
+        record.previous_hash,
+        record.previous_until,
+        record.rpm,
+        record.tpm,
+        record.concurrency,
     )
 
 
@@ -109,18 +158,11 @@ class SQLiteKeyStore:
     async def add(self, record: KeyRecord, actor: str) -> None:
         try:
             self._db.execute("BEGIN IMMEDIATE")
+            if self._db.execute("SELECT 1 FROM keys WHERE previous_hash = ?", (record.secret_hash,)).fetchone():
+                raise sqlite3.IntegrityError("hash in use")
             self._db.execute(
-                f"INSERT INTO keys ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608 - constant columns
-                (
-                    record.id,
-                    record.name,
-                    record.secret_hash,
-                    orjson.dumps(sorted(record.scopes)).decode(),
-                    orjson.dumps(sorted(record.models)).decode() if record.models is not None else None,
-                    record.created_at,
-                    record.expires_at,
-                    record.revoked_at,
-                ),
+                f"INSERT INTO keys ({COLUMNS}) VALUES ({', '.join('?' * 14)})",  # noqa: S608 - constant columns
+                record_to_row(record),
             )
             self._change(record.id, "create", actor)
             self._db.execute("COMMIT")
@@ -133,35 +175,70 @@ class SQLiteKeyStore:
             raise BackendUnavailable("store_unavailable", "The key store is unavailable.") from exc
 
     async def get(self, key_id: str) -> KeyRecord | None:
-        rows = self._query(f"SELECT {_COLUMNS} FROM keys WHERE id = ?", (key_id,))  # noqa: S608
-        return _row_to_record(rows[0]) if rows else None
+        rows = self._query(f"SELECT {COLUMNS} FROM keys WHERE id = ?", (key_id,))  # noqa: S608
+        return row_to_record(rows[0]) if rows else None
 
     async def by_hash(self, secret_hash: str) -> KeyRecord | None:
-        rows = self._query(f"SELECT {_COLUMNS} FROM keys WHERE secret_hash = ?", (secret_hash,))  # noqa: S608
-        return _row_to_record(rows[0]) if rows else None
+        rows = self._query(
+            f"SELECT {COLUMNS} FROM keys WHERE secret_hash = ? OR previous_hash = ?",  # noqa: S608
+            (secret_hash, secret_hash),
+        )
+        return row_to_record(rows[0]) if rows else None
 
     async def list_all(self) -> list[KeyRecord]:
-        rows = self._query(f"SELECT {_COLUMNS} FROM keys ORDER BY created_at, id")  # noqa: S608
-        return [_row_to_record(row) for row in rows]
+        rows = self._query(f"SELECT {COLUMNS} FROM keys ORDER BY created_at, id")  # noqa: S608
+        return [row_to_record(row) for row in rows]
 
-    async def revoke(self, key_id: str, at: float, actor: str) -> KeyRecord | None:
+    def _update(self, key_id: str, kind: str, actor: str, sql: str, params: tuple[object, ...]) -> bool:
+        """One guarded UPDATE and its change record, in one transaction; whether a row changed."""
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            cursor = self._db.execute(
-                "UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL", (at, key_id)
-            )
-            if cursor.rowcount:
-                self._change(key_id, "revoke", actor)
+            changed = self._db.execute(sql, params).rowcount > 0
+            if changed:
+                self._change(key_id, kind, actor)
             self._db.execute("COMMIT")
+            return changed
+        except sqlite3.IntegrityError:
+            self._db.execute("ROLLBACK")
+            raise ValueError("the new secret is already in use") from None
         except sqlite3.Error as exc:
             if self._db.in_transaction:
                 self._db.execute("ROLLBACK")
             raise BackendUnavailable("store_unavailable", "The key store is unavailable.") from exc
+
+    async def revoke(self, key_id: str, at: float, actor: str) -> KeyRecord | None:
+        sql = "UPDATE keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
+        self._update(key_id, "revoke", actor, sql, (at, key_id))
         return await self.get(key_id)
+
+    async def rotate(self, key_id: str, new_hash: str, grace_until: float, actor: str) -> KeyRecord | None:
+        if self._query("SELECT 1 FROM keys WHERE secret_hash = ? OR previous_hash = ?", (new_hash, new_hash)):
+            raise ValueError("the new secret is already in use")
+        sql = (
+            "UPDATE keys SET previous_hash = secret_hash, previous_until = ?, secret_hash = ? "
+            "WHERE id = ? AND revoked_at IS NULL"
+        )
+        changed = self._update(key_id, "rotate", actor, sql, (grace_until, new_hash, key_id))
+        return await self.get(key_id) if changed else None
+
+    async def suspend(self, key_id: str, at: float, actor: str) -> KeyRecord | None:
+        sql = "UPDATE keys SET suspended_at = ? WHERE id = ? AND suspended_at IS NULL"
+        self._update(key_id, "suspend", actor, sql, (at, key_id))
+        return await self.get(key_id)
+
+    async def resume(self, key_id: str, actor: str) -> KeyRecord | None:
+        sql = "UPDATE keys SET suspended_at = NULL WHERE id = ? AND suspended_at IS NOT NULL"
+        self._update(key_id, "resume", actor, sql, (key_id,))
+        return await self.get(key_id)
+
+    async def events(self, key_id: str) -> list[tuple[str, str, float]]:
+        rows = self._query("SELECT kind, actor, at FROM key_changes WHERE key_id = ? ORDER BY seq", (key_id,))
+        return [(str(kind), str(actor), float(at)) for kind, actor, at in rows]  # type: ignore[arg-type]
 
     async def has_active(self, now: float) -> bool:
         rows = self._query(
-            "SELECT 1 FROM keys WHERE revoked_at IS NULL AND (expires_at IS NULL OR expires_at > ?) LIMIT 1",
+            "SELECT 1 FROM keys WHERE revoked_at IS NULL AND suspended_at IS NULL "
+            "AND (expires_at IS NULL OR expires_at > ?) LIMIT 1",
             (now,),
         )
         return bool(rows)

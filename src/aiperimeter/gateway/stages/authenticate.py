@@ -58,11 +58,18 @@ class Authenticate(Stage):
             if parse_key(token) is None:
                 raise Unauthenticated("malformed_credentials", f"The API key is not an aiperimeter key. {HOW}")
             record = await self.keys.lookup(secret_hash)
-        if record is None or not hmac.compare_digest(record.secret_hash, secret_hash):
+        now = time.time()
+        if record is None:
             raise Unauthenticated("invalid_key", "The API key is not valid.")
-        status = record.status(time.time())
+        if not record.accepts(secret_hash, now):
+            if record.previous_hash is not None and hmac.compare_digest(record.previous_hash, secret_hash):
+                raise Unauthenticated("key_rotated", "This API key was rotated and its grace period is over.")
+            raise Unauthenticated("invalid_key", "The API key is not valid.")
+        status = record.status(now)
         if status == "revoked":
             raise Unauthenticated("key_revoked", "The API key has been revoked.")
         if status == "expired":
             raise Unauthenticated("key_expired", "The API key has expired.")
+        if status == "suspended":
+            raise Unauthenticated("key_suspended", "The API key is suspended.")
         ex.key = record
