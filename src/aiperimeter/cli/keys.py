@@ -1,4 +1,8 @@
-"""`aiperimeter keys`: create, list, show and revoke the gateway's API keys."""
+"""`aiperimeter keys`: create, list, show, rotate, suspend, resume and revoke the gateway's API keys.
+
+Every change is recorded twice: in the store's change feed (with who did it), which every gateway follows, and as
+a `key` event in the audit log of the data dir.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from rich.table import Table
 
 from aiperimeter.cli.common import DataDir, console, fail, parse_duration
 from aiperimeter.config import default_data_dir
-from aiperimeter.keys import ID_RE, KNOWN_SCOPES, KeyRecord, new_key
+from aiperimeter.keys import ID_RE, KNOWN_SCOPES, KeyRecord, new_key, new_secret
 from aiperimeter.state.base import KeyStore, open_key_store
 
 app = typer.Typer(
@@ -35,6 +39,22 @@ def _actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):
         return "cli"
+
+
+def _record_event(data_dir: Any, action: str, record: KeyRecord, actor: str, **extra: object) -> None:
+    """The lifecycle event in the audit log, next to the request records of the gateways of this data dir."""
+    from aiperimeter.gateway.stages.audit_log import AuditSink
+
+    try:
+        sink = AuditSink((data_dir or default_data_dir()) / "audit.jsonl")
+    except OSError as exc:
+        fail(f"the key was changed, but the audit log could not be written: {exc.strerror}", code=1)
+    try:
+        sink.write(
+            {"time": time.time(), "event": "key", "action": action, "key_id": record.id, "actor": actor, **extra}
+        )
+    finally:
+        sink.close()
 
 
 def _when(ts: float | None) -> str:
@@ -61,6 +81,16 @@ def create(
         typer.Option("--scope", help="Extra scope; 'admin' allows model pull/delete and the like."),
     ] = None,
     expires: Annotated[str | None, typer.Option("--expires", help="Lifetime, as 12h, 30d, 2w. Default: none.")] = None,
+    rpm: Annotated[
+        int | None, typer.Option("--rpm", min=1, help="Requests per minute. Default: the gateway's.")
+    ] = None,
+    tpm: Annotated[
+        int | None,
+        typer.Option("--tpm", min=1, help="Tokens per minute (prompt + completion). Default: the gateway's."),
+    ] = None,
+    concurrency: Annotated[
+        int | None, typer.Option("--concurrency", min=1, help="Requests at once. Default: the gateway's.")
+    ] = None,
     json_out: Json = False,
     data_dir: DataDir = None,
 ) -> None:
@@ -77,16 +107,21 @@ def create(
         models=_split(models),
         expires_at=now + parse_duration(expires) if expires else None,
         now=now,
+        rpm=rpm,
+        tpm=tpm,
+        concurrency=concurrency,
     )
+    actor = _actor()
 
     async def add() -> None:
         store = _store(data_dir)
         try:
-            await store.add(record, _actor())
+            await store.add(record, actor)
         finally:
             await store.close()
 
     asyncio.run(add())
+    _record_event(data_dir, "create", record, actor)
     if json_out:
         typer.echo(orjson.dumps({**record.public(now), "secret": secret}).decode())
         return
@@ -110,16 +145,19 @@ def list_keys(json_out: Json = False, data_dir: DataDir = None) -> None:
     if json_out:
         typer.echo(orjson.dumps([r.public(now) for r in records]).decode())
         return
-    table = Table("id", "name", "status", "scopes", "models", "created", "expires")
+    table = Table("id", "name", "status", "scopes", "models", "limits", "created", "expires", "old secret valid until")
     for r in records:
+        limits = ", ".join(f"{n} {v}" for n, v in (("rpm", r.rpm), ("tpm", r.tpm), ("at once", r.concurrency)) if v)
         table.add_row(
             r.id,
             r.name,
             r.status(now),
             ",".join(sorted(r.scopes)) or "-",
             ",".join(sorted(r.models)) if r.models is not None else "all",
+            limits or "default",
             _when(r.created_at),
             _when(r.expires_at),
+            _when(r.previous_until) if r.previous_until and r.previous_until > now else "-",
         )
     console.print(table)
 
@@ -158,25 +196,85 @@ def show(
         console.print(f"{field:>11}: {value}")
 
 
+def _change(key_id: str, data_dir: Any, action: str, apply: Any, **extra: object) -> KeyRecord:
+    """Apply one lifecycle change through the store, record it in the audit log, return the new record."""
+    _get(key_id, data_dir)
+    actor = _actor()
+
+    async def run() -> KeyRecord | None:
+        store = _store(data_dir)
+        try:
+            result: KeyRecord | None = await apply(store, actor)
+            return result
+        finally:
+            await store.close()
+
+    record = asyncio.run(run())
+    if record is None:
+        fail(f"key {key_id} cannot be changed: it is revoked")
+    _record_event(data_dir, action, record, actor, **extra)
+    return record
+
+
+def _done(record: KeyRecord, json_out: bool, message: str) -> None:
+    if json_out:
+        typer.echo(orjson.dumps(record.public(time.time())).decode())
+    else:
+        console.print(message)
+
+
 @app.command()
 def revoke(
     key_id: Annotated[str, typer.Argument(help="The key's public id.")],
     json_out: Json = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Revoke a key. Running gateways refuse it within a second."""
-    _get(key_id, data_dir)
+    """Revoke a key, for good. Running gateways refuse it within a second."""
+    record = _change(key_id, data_dir, "revoke", lambda store, actor: store.revoke(key_id, time.time(), actor))
+    _done(record, json_out, f"Revoked key {key_id} ({record.name}).")
 
-    async def apply() -> KeyRecord | None:
-        store = _store(data_dir)
-        try:
-            return await store.revoke(key_id, time.time(), _actor())
-        finally:
-            await store.close()
 
-    record = asyncio.run(apply())
-    assert record is not None
+@app.command()
+def rotate(
+    key_id: Annotated[str, typer.Argument(help="The key's public id.")],
+    grace: Annotated[
+        str, typer.Option("--grace", help="How long the old secret keeps working, as 0s, 10m, 12h, 2d.")
+    ] = "10m",
+    json_out: Json = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Issue a new secret for a key. The old one keeps working until the grace ends, then is refused everywhere."""
+    seconds = 0.0 if grace.strip() in ("0", "0s") else parse_duration(grace)
+    secret, new_hash = new_secret(key_id)
+    until = time.time() + seconds
+    record = _change(
+        key_id, data_dir, "rotate", lambda store, actor: store.rotate(key_id, new_hash, until, actor), grace_until=until
+    )
     if json_out:
-        typer.echo(orjson.dumps(record.public(time.time())).decode())
+        typer.echo(orjson.dumps({**record.public(time.time()), "secret": secret}).decode())
         return
-    console.print(f"Revoked key {key_id} ({record.name}).")
+    console.print(f"Rotated key [bold]{key_id}[/] ({record.name}). This is the only time the new secret is shown:\n")
+    console.print(f"    {secret}\n", soft_wrap=True)
+    console.print(f"The old secret works until {_when(until)}.")
+
+
+@app.command()
+def suspend(
+    key_id: Annotated[str, typer.Argument(help="The key's public id.")],
+    json_out: Json = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Refuse a key until it is resumed (reversible, unlike revoke)."""
+    record = _change(key_id, data_dir, "suspend", lambda store, actor: store.suspend(key_id, time.time(), actor))
+    _done(record, json_out, f"Suspended key {key_id} ({record.name}); 'aiperimeter keys resume {key_id}' undoes it.")
+
+
+@app.command()
+def resume(
+    key_id: Annotated[str, typer.Argument(help="The key's public id.")],
+    json_out: Json = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Accept a suspended key again."""
+    record = _change(key_id, data_dir, "resume", lambda store, actor: store.resume(key_id, actor))
+    _done(record, json_out, f"Resumed key {key_id} ({record.name}).")
