@@ -5,16 +5,24 @@ Every validation error names its source (file or variable) and field, and says h
 
 from __future__ import annotations
 
-import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from aiperimeter.errors import ConfigError
+from aiperimeter.gateway.jwt import JWTSettings
 from aiperimeter.sensitive import Secret
 
 Kind = Literal["ollama", "openai", "vllm", "llamacpp", "anthropic"]
@@ -59,15 +67,6 @@ def split_host_port(value: str, *, default_port: int | None = None) -> tuple[str
     return host, int(port_text)
 
 
-def is_loopback_host(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 class Timeouts(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -76,6 +75,22 @@ class Timeouts(BaseModel):
     idle: float = Field(120.0, gt=0, description="seconds of silence allowed between response chunks")
     client_idle: float = Field(30.0, gt=0, description="seconds of silence allowed while a client sends its body")
     keepalive: float = Field(75.0, gt=0, description="seconds an idle client connection stays open")
+
+
+class LimitSettings(BaseModel):
+    """Limits per key (a key's own limits take precedence) and over all keys together; None is unlimited."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rpm: int | None = Field(None, ge=1, description="requests per minute, per key")
+    tpm: int | None = Field(None, ge=1, description="tokens per minute (prompt + completion), per key")
+    concurrency: int | None = Field(None, ge=1, description="requests at once, per key")
+    global_rpm: int | None = Field(None, ge=1)
+    global_tpm: int | None = Field(None, ge=1)
+    global_concurrency: int | None = Field(None, ge=1)
+    default_max_tokens: int = Field(1024, ge=1, description="completion estimate when a request sets no limit")
+    replicas: int = Field(1, ge=1, le=1000, description="when Redis is down, each replica enforces limits / this")
+    lease: float = Field(60.0, ge=5, le=3600, description="seconds a dead replica's concurrency slots stay taken")
 
 
 class GatewaySettings(BaseModel):
@@ -96,7 +111,12 @@ class GatewaySettings(BaseModel):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     audit_log: str = "file"
     key_cache_ttl: float = Field(5.0, gt=0, le=60)
+    key_stale_window: float = Field(60.0, ge=0, le=600)  # verified keys keep working this long in a store outage
     revocation_poll: float = Field(0.25, gt=0, le=1)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    jwt: JWTSettings | None = None  # JWT bearer tokens from an identity provider, besides aiperimeter keys
+    database: Secret | None = None  # postgresql://... for a key store shared by several replicas; else SQLite
+    redis: Secret | None = None  # redis://... for cluster-wide limits and revocation pushed to every replica
 
     @field_validator("upstream")
     @classmethod
@@ -122,6 +142,21 @@ class GatewaySettings(BaseModel):
         if isinstance(value, str):
             return Secret(value) if value else None
         return value
+
+    @field_validator("database", "redis", mode="before")
+    @classmethod
+    def _wrap_url(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, Secret):
+            value = value.reveal()
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ValueError("must be a URL")
+        schemes = ("postgresql", "postgres") if info.field_name == "database" else ("redis", "rediss", "unix")
+        scheme = urlsplit(value).scheme
+        if scheme not in schemes:
+            raise ValueError(f"must be a {' or '.join(s + '://' for s in schemes)} URL")
+        return Secret(value)  # URLs carry passwords: never printed
 
     @field_validator("audit_log")
     @classmethod
@@ -160,6 +195,8 @@ _ENV_FIELDS = {
     "WORKERS": "workers",
     "UPSTREAM_API_KEY": "upstream_api_key",
     "AUDIT_LOG": "audit_log",
+    "DATABASE": "database",
+    "REDIS": "redis",
 }
 
 

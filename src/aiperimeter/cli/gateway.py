@@ -46,6 +46,16 @@ def gateway(
     workers: Annotated[
         int | None, typer.Option("--workers", help="Worker processes sharing the port. Default: 1.")
     ] = None,
+    database: Annotated[
+        str | None,
+        typer.Option(
+            "--database", help="postgresql://... key store shared by replicas. Default: SQLite in the data dir."
+        ),
+    ] = None,
+    redis: Annotated[
+        str | None,
+        typer.Option("--redis", help="redis://... for cluster-wide limits and instant revocation on every replica."),
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML settings file (see the README).")] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -60,6 +70,8 @@ def gateway(
             "tls_key": tls_key,
             "workers": workers,
             "data_dir": data_dir,
+            "database": database,
+            "redis": redis,
         },
     )
     # Imported here: the server stack is heavy, and every other command starts faster without it.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -10,9 +11,10 @@ import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
-from aiperimeter.config import GatewaySettings, is_loopback_host
+from aiperimeter.config import GatewaySettings
 from aiperimeter.errors import BadRequest, ConfigError, HTTPFailure, InternalError
 from aiperimeter.gateway.cors import Cors
+from aiperimeter.gateway.jwt import JWTVerifier
 from aiperimeter.gateway.keycache import KeyCache
 from aiperimeter.gateway.pipeline import Pipeline, Stage
 from aiperimeter.gateway.responses import SERVER_HEADER
@@ -22,10 +24,15 @@ from aiperimeter.gateway.stages.audit_log import AuditLog, AuditSink
 from aiperimeter.gateway.stages.authenticate import Authenticate
 from aiperimeter.gateway.stages.forward import Forward
 from aiperimeter.gateway.stages.host_guard import HostGuard
+from aiperimeter.gateway.stages.limits import Limit
 from aiperimeter.gateway.stages.request_body import RequestBody
 from aiperimeter.gateway.stages.route_policy import RoutePolicy
 from aiperimeter.gateway.upstream import credential_header, new_session
+from aiperimeter.hosts import is_loopback_host
 from aiperimeter.state.base import KeyStore, open_key_store
+from aiperimeter.state.bus import RedisBus, RevocationBus
+from aiperimeter.state.limits import Limiter, MemoryLimiter
+from aiperimeter.state.redis_limits import RedisLimiter, connect
 
 log = logging.getLogger("aiperimeter.gateway")
 
@@ -44,17 +51,23 @@ def allowed_hosts(settings: GatewaySettings) -> frozenset[str]:
 
 
 def build_pipeline(
-    settings: GatewaySettings, keys: KeyCache, session: aiohttp.ClientSession, sink: AuditSink
+    settings: GatewaySettings,
+    keys: KeyCache,
+    session: aiohttp.ClientSession,
+    sink: AuditSink,
+    limit: Limit,
+    jwt: JWTVerifier | None = None,
 ) -> Pipeline:
     """The gateway's stages, in the order every request meets them:
 
     1. host_guard    - Host and Origin on the allowlist (DNS rebinding); the raw target parsed, ambiguity refused
-    2. authenticate  - exactly one valid, unexpired, unrevoked key
+    2. authenticate  - exactly one valid credential: an unexpired, unrevoked, unsuspended key, or a verified JWT
     3. route_policy  - method and exact path on the upstream kind's allowlist; admin routes need the admin scope
     4. request_body  - body read within its limit, JSON parsed once, the key's model scope enforced
-    5. forward       - the authorised path sent upstream, the response relayed chunk by chunk
-    6. account       - token usage read from the response events
-    7. audit_log     - one record per request, whatever happened
+    5. limits        - requests, tokens (reserved, settled at the end) and concurrency, per key and overall
+    6. forward       - the authorised path sent upstream, the response relayed chunk by chunk
+    7. account       - token usage read from the response events
+    8. audit_log     - one record per request, whatever happened
     """
     forward = Forward(
         session,
@@ -65,9 +78,10 @@ def build_pipeline(
     )
     stages: list[Stage] = [
         HostGuard(allowed_hosts(settings), frozenset(settings.cors_origins)),
-        Authenticate(keys),
+        Authenticate(keys, jwt),
         RoutePolicy(RouteTable.for_kind(settings.kind), settings.kind),
         RequestBody(settings.max_body_bytes, settings.timeouts.client_idle),
+        limit,
         forward,
         Account(),
         AuditLog(sink),
@@ -78,8 +92,8 @@ def build_pipeline(
 
 
 async def require_credentials(store: KeyStore, settings: GatewaySettings) -> None:
-    """No credential, no gateway: there is no default secret to fall back on."""
-    if not await store.has_active(time.time()):
+    """No credential, no gateway: there is no default secret to fall back on. A JWT issuer counts."""
+    if settings.jwt is None and not await store.has_active(time.time()):
         raise ConfigError(
             "no active API key exists, so no request could ever be served. Create one first:\n"
             f"    aiperimeter keys create --name my-app --data-dir {settings.data_dir}",
@@ -141,16 +155,46 @@ class Gateway:
     def __init__(self, settings: GatewaySettings, store: KeyStore | None = None) -> None:
         self.settings = settings
         self.store = store or open_key_store(settings.data_dir)
-        self.keys = KeyCache(self.store, ttl=settings.key_cache_ttl, poll=settings.revocation_poll)
+        self.keys = KeyCache(
+            self.store, ttl=settings.key_cache_ttl, poll=settings.revocation_poll, stale=settings.key_stale_window
+        )
         self.sink = AuditSink(settings.audit_path)
         self.session: aiohttp.ClientSession | None = None
         self.pipeline: Pipeline | None = None
+        lease = settings.limits.lease
+        self.limiter: Limiter
+        self.bus: RevocationBus | None = None
+        if settings.redis is not None:
+            self.limiter = RedisLimiter(connect(settings.redis.reveal()), lease=lease)
+            self.bus = RedisBus(settings.redis.reveal())
+            local_share = 1
+        else:
+            self.limiter = MemoryLimiter(lease=lease)
+            local_share = settings.workers  # workers do not share memory: each enforces its share
+        self.limit = Limit(
+            self.limiter,
+            MemoryLimiter(lease=lease),
+            settings.limits,
+            local_share=local_share,
+            fallback_share=settings.limits.replicas * settings.workers,
+        )
+        self._bus_task: asyncio.Task[None] | None = None
+        self.jwt = JWTVerifier(settings.jwt) if settings.jwt is not None else None
 
     async def start(self) -> web.Server:
         await require_credentials(self.store, self.settings)
         await self.keys.start()
+        if self.jwt is not None:
+            await self.jwt.start()
+        if self.bus is not None:
+            # Revocations arrive within milliseconds; after a reconnection, events may have been missed, so the
+            # whole cache is dropped and every key is verified afresh.
+            self._bus_task = asyncio.create_task(
+                self.bus.run(lambda key_id: self.keys.evict({key_id}), self.keys.clear), name="revocation-bus"
+            )
+        self.limit.start(self.settings.limits.lease)
         self.session = new_session(self.settings)
-        self.pipeline = build_pipeline(self.settings, self.keys, self.session, self.sink)
+        self.pipeline = build_pipeline(self.settings, self.keys, self.session, self.sink, self.limit, self.jwt)
         handle = self.pipeline.handle
         routes = ROUTES[self.settings.kind]
         cors = Cors(frozenset(self.settings.cors_origins), frozenset(r.method for r in routes))
@@ -176,6 +220,15 @@ class Gateway:
         )
 
     async def close(self) -> None:
+        if self.jwt is not None:
+            await self.jwt.close()
+        await self.limit.stop()
+        if self._bus_task is not None:
+            self._bus_task.cancel()
+            await asyncio.gather(self._bus_task, return_exceptions=True)
+        if self.bus is not None:
+            await self.bus.close()
+        await self.limiter.close()
         await self.keys.stop()
         if self.session is not None:
             await self.session.close()

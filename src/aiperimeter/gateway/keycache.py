@@ -66,6 +66,9 @@ class KeyCache:
             self._entries.pop(secret_hash, None)
         return record
 
+    def clear(self) -> None:
+        self._entries.clear()
+
     def evict(self, key_ids: set[str]) -> None:
         for secret_hash in [h for h, (r, _) in self._entries.items() if r.id in key_ids]:
             del self._entries[secret_hash]

@@ -63,6 +63,8 @@ class Exchange:
     completion_tokens: int | None = None
     response: web.StreamResponse | None = None
     cors_origin: str | None = None  # a configured CORS origin this request came from
+    extra_headers: dict[str, str] | None = None  # added to the response (rate-limit state)
+    reservation: Any = None  # what the limits stage took, settled when the request finishes
 
 
 @dataclass(slots=True)
@@ -113,7 +115,8 @@ class Pipeline:
         self.event_hooks = tuple(s for s in stages[split + 1 :] if _overrides(s, "on_event"))
         self.finish_hooks = tuple(s for s in stages if _overrides(s, "on_finish"))
         # Request ids: a random prefix per process and a counter; unique without a system call per request.
-        self._id_prefix = os.urandom(4).hex()
+        # Eight random bytes: ids also key limiter state shared by every replica.
+        self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count()
 
     async def emit(self, ex: Exchange, ev: StreamEvent) -> None:

@@ -13,11 +13,12 @@ from typing import ClassVar
 from multidict import CIMultiDictProxy
 
 from aiperimeter.errors import Unauthenticated
+from aiperimeter.gateway.jwt import JWTVerifier, looks_like_jwt
 from aiperimeter.gateway.keycache import KeyCache
 from aiperimeter.gateway.pipeline import Exchange, Stage
 from aiperimeter.keys import KEY_RE, hash_key, parse_key
 
-HOW = "Send your aiperimeter key as 'Authorization: Bearer aip_...'."
+HOW = "Send your aiperimeter key (or a JWT from the configured identity provider) as 'Authorization: Bearer ...'."
 
 
 def presented_key(headers: CIMultiDictProxy[str]) -> str:
@@ -44,11 +45,17 @@ def presented_key(headers: CIMultiDictProxy[str]) -> str:
 class Authenticate(Stage):
     name: ClassVar[str] = "authenticate"
 
-    def __init__(self, keys: KeyCache) -> None:
+    def __init__(self, keys: KeyCache, jwt: JWTVerifier | None = None) -> None:
         self.keys = keys
+        self.jwt = jwt
 
     async def on_request(self, ex: Exchange) -> None:
         token = presented_key(ex.request.headers)
+        if self.jwt is not None and looks_like_jwt(token):
+            # Signature, issuer, audience, expiry and claims are the verifier's; the identity it returns carries
+            # the scopes, models and limits the configured claims map to.
+            ex.key = await self.jwt.verify(token)
+            return
         if not token.isascii() or KEY_RE.fullmatch(token) is None:
             raise Unauthenticated("malformed_credentials", f"The API key is not an aiperimeter key. {HOW}")
         secret_hash = hash_key(token)

@@ -82,6 +82,8 @@ class Forward(Stage):
         length = upstream.content_length
         headers = response_headers(upstream.headers)
         headers["x-request-id"] = ex.request_id
+        if ex.extra_headers:
+            headers.update(ex.extra_headers)
         headers.setdefault("Server", SERVER_HEADER)
         if ex.cors_origin is not None:
             add_cors_headers(headers, ex.cors_origin)
