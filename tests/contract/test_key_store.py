@@ -2,21 +2,58 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import psycopg
 import pytest
+from psycopg import sql
 
+from aiperimeter.errors import BackendUnavailable, ConfigError
 from aiperimeter.keys import new_key
-from aiperimeter.state.base import KeyStore
+from aiperimeter.state import postgres
+from aiperimeter.state import sqlite as sqlite_store
+from aiperimeter.state.base import KeyStore, open_key_store, open_store
 from aiperimeter.state.memory import MemoryKeyStore
+from aiperimeter.state.postgres import PostgresKeyStore
 from aiperimeter.state.sqlite import SQLiteKeyStore
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+def in_schema(url: str, schema: str) -> str:
+    """The URL with its search_path set to `schema` (libpq's options parameter)."""
+    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
+
+
+@contextlib.asynccontextmanager
+async def fresh_schema(postgres_url: str) -> AsyncIterator[str]:
+    """A new, empty schema for one test (the URL pointing at it); dropped, with everything in it, afterwards."""
+    name = f"aip_test_{secrets.token_hex(6)}"
+    async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+        await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
+    try:
+        yield in_schema(postgres_url, name)
+    finally:
+        async with await psycopg.AsyncConnection.connect(postgres_url, autocommit=True) as conn:
+            await conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[KeyStore]:
-    backend: KeyStore = MemoryKeyStore() if request.param == "memory" else SQLiteKeyStore(tmp_path / "keys.db")
+    if request.param == "memory":
+        backend: KeyStore = MemoryKeyStore()
+    elif request.param == "sqlite":
+        backend = SQLiteKeyStore(tmp_path / "keys.db")
+    else:
+        async with fresh_schema(request.getfixturevalue("postgres_url")) as url:
+            backend = await open_store(tmp_path, url)
+            yield backend
+            await backend.close()
+        return
     yield backend
     await backend.close()
 
@@ -158,3 +195,254 @@ async def test_lifecycle_events_name_who_did_what(store: KeyStore) -> None:
         ("revoke", "dave"),
     ]
     assert all(at > 0 for _, _, at in events)
+
+
+# --- PostgreSQL only ----------------------------------------------------------------------------------------------
+
+
+async def _schema_versions(url: str) -> list[int]:
+    async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        cur = await conn.execute("SELECT version FROM schema_version ORDER BY version")
+        return [row[0] for row in await cur.fetchall()]
+
+
+def test_postgres_migrations_mirror_sqlite() -> None:
+    assert len(postgres.MIGRATIONS) == len(sqlite_store.MIGRATIONS) == postgres.LATEST
+
+
+async def test_postgres_replicas_opening_together_migrate_once(postgres_url: str) -> None:
+    async with fresh_schema(postgres_url) as url:
+        stores = [PostgresKeyStore(url) for _ in range(6)]
+        try:
+            await asyncio.gather(*(s.open() for s in stores))  # each would fail if it applied a migration twice
+            assert await _schema_versions(url) == [1, 2]
+            record, _ = new_key("shared")
+            await stores[0].add(record, "t")
+            assert all([await s.by_hash(record.secret_hash) == record for s in stores])
+            # Opening an up-to-date store applies nothing.
+            again = PostgresKeyStore(url)
+            await again.open()
+            assert again.opened_version == postgres.LATEST
+            await again.close()
+            assert await _schema_versions(url) == [1, 2]
+        finally:
+            await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_postgres_change_feed_follows_concurrent_writers(postgres_url: str) -> None:
+    async with fresh_schema(postgres_url) as url:
+        stores = [await open_store(Path("unused"), url) for _ in range(3)]
+        try:
+            _, cursor = await stores[0].changes_since(-1)
+            records = [new_key(f"k{i}")[0] for i in range(30)]
+            await asyncio.gather(*(stores[i % 3].add(r, "t") for i, r in enumerate(records)))
+            changed, end = await stores[1].changes_since(cursor)
+            assert sorted(changed) == sorted(r.id for r in records) and end > cursor
+        finally:
+            await asyncio.gather(*(s.close() for s in stores))
+
+
+async def test_postgres_newer_schema_is_refused(postgres_url: str) -> None:
+    async with fresh_schema(postgres_url) as url:
+        first = PostgresKeyStore(url)
+        await first.open()
+        await first.close()
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)", (99, time.time()))
+        newer = PostgresKeyStore(url)
+        try:
+            with pytest.raises(ConfigError, match=r"schema version 99, newer .* upgrade aiperimeter"):
+                await newer.open()
+            with pytest.raises(ConfigError, match="upgrade aiperimeter"):
+                await newer.list_all()  # a store that could not open never serves
+        finally:
+            await newer.close()
+        with pytest.raises(ConfigError, match="upgrade aiperimeter"):
+            await open_store(Path("unused"), url)
+
+
+async def test_postgres_missing_schema_is_a_config_error(postgres_url: str) -> None:
+    store = PostgresKeyStore(in_schema(postgres_url, f"aip_test_missing_{secrets.token_hex(4)}"))
+    try:
+        with pytest.raises(ConfigError, match="no schema"):
+            await store.open()
+    finally:
+        await store.close()
+
+
+async def test_postgres_sessions_have_short_timeouts(postgres_url: str) -> None:
+    async with fresh_schema(postgres_url) as url:
+        store = PostgresKeyStore(url)
+        try:
+
+            async def settings(conn: psycopg.AsyncConnection[tuple[object, ...]]) -> list[object]:
+                cur = await conn.execute(
+                    "SELECT current_setting('statement_timeout'), current_setting('application_name')"
+                )
+                row = await cur.fetchone()
+                assert row is not None
+                return [*row, conn.info.get_parameters().get("connect_timeout")]
+
+            assert await store._run(settings) == ["5s", "aiperimeter", "3"]
+        finally:
+            await store.close()
+
+
+def test_choosing_a_backend_from_a_location(tmp_path: Path) -> None:
+    assert isinstance(open_key_store(tmp_path), SQLiteKeyStore)
+    assert isinstance(open_key_store(tmp_path, "postgresql://u@127.0.0.1:5432/db"), PostgresKeyStore)
+    assert isinstance(open_key_store(tmp_path, "postgres://u@127.0.0.1/db"), PostgresKeyStore)  # no I/O yet
+    for bad in ("mysql://u:hunter2pw@h/db", "sqlite:///x.db", "/var/lib/keys.db"):
+        with pytest.raises(ConfigError, match="PostgreSQL URL") as caught:
+            open_key_store(tmp_path, bad)
+        assert "hunter2pw" not in str(caught.value)
+    with pytest.raises(ConfigError, match="not a valid PostgreSQL URL") as caught:
+        open_key_store(tmp_path, "postgresql://u:hunter2pw@h:notaport/db")
+    assert "hunter2pw" not in str(caught.value)
+
+
+def test_urls_are_redacted() -> None:
+    assert postgres.redact_url("postgresql://app:p%40ss@db:5432/k?sslmode=require") == (
+        "postgresql://app:***@db:5432/k?sslmode=require"
+    )
+    assert postgres.redact_url("postgresql://db/k?user=app&password=pw1&x=1") == (
+        "postgresql://db/k?user=app&password=***&x=1"
+    )
+    assert postgres.redact_url("postgresql://app@db/k") == "postgresql://app@db/k"
+    assert postgres.redact_text("auth failed for p@ss", "postgresql://app:p%40ss@db/k") == "auth failed for ***"
+    assert "topsecret" not in repr(PostgresKeyStore("postgresql://app:topsecret@127.0.0.1/k"))
+
+
+class Proxy:
+    """A TCP relay in front of the PostgreSQL server, to simulate outages: `cut` closes the port and every
+    connection (the database is gone); clearing `flowing` keeps them open but relays nothing (the network is)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.port = 0
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.server: asyncio.Server | None = None
+        self.links: set[asyncio.StreamWriter] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self.links |= {writer, up_writer}
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self.flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+            self.links.discard(writer)
+
+    async def cut(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        await self.server.wait_closed()
+        for writer in list(self.links):
+            writer.transport.abort()
+        self.links.clear()
+
+    async def restore(self) -> None:
+        await self.start()  # the same port again
+
+
+@pytest.fixture
+async def proxy(postgres_url: str) -> AsyncIterator[Proxy]:
+    target = urlsplit(postgres_url)
+    relay = Proxy(target.hostname or "127.0.0.1", target.port or 5432)
+    await relay.start()
+    yield relay
+    relay.flowing.set()
+    if relay.server is not None:
+        relay.server.close()
+    for writer in list(relay.links):
+        writer.transport.abort()
+
+
+def _via(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    user = f"{parts.username}@" if parts.username else ""
+    return parts._replace(netloc=f"{user}127.0.0.1:{port}").geturl()
+
+
+async def _until_back(store: PostgresKeyStore, key_id: str, within: float) -> float:
+    """Retry until the store answers again; how long that took."""
+    start = time.monotonic()
+    while True:
+        try:
+            assert (await store.get(key_id)) is not None
+            return time.monotonic() - start
+        except BackendUnavailable:
+            if time.monotonic() - start > within:
+                raise
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.slow
+async def test_postgres_outage_fails_closed_fast_and_recovers(postgres_url: str, proxy: Proxy) -> None:
+    async with fresh_schema(postgres_url) as direct:
+        store = late = PostgresKeyStore(_via(direct, proxy.port))
+        try:
+            await store.open()
+            record, _ = new_key("app")
+            await store.add(record, "t")
+
+            await proxy.cut()
+            for operation in (store.by_hash(record.secret_hash), store.changes_since(0)):
+                start = time.monotonic()
+                with pytest.raises(BackendUnavailable) as caught:
+                    await operation
+                assert time.monotonic() - start < 6.0
+                assert caught.value.code == "store_unavailable" and caught.value.status == 503
+
+            late = PostgresKeyStore(_via(direct, proxy.port))  # a replica starting during the outage
+            start = time.monotonic()
+            with pytest.raises(BackendUnavailable):
+                await late.open()
+            assert time.monotonic() - start < 6.0
+
+            await proxy.restore()
+            await _until_back(store, record.id, within=15.0)  # the same store: the pool reconnected by itself
+            assert await store.by_hash(record.secret_hash) == record
+            await _until_back(late, record.id, within=15.0)  # and the late one opens on its next operation
+        finally:
+            await store.close()
+            await late.close()
+
+
+@pytest.mark.slow
+async def test_postgres_unresponsive_network_fails_closed_within_the_bound(postgres_url: str, proxy: Proxy) -> None:
+    async with fresh_schema(postgres_url) as direct:
+        store = PostgresKeyStore(_via(direct, proxy.port))
+        try:
+            await store.open()
+            record, _ = new_key("app")
+            await store.add(record, "t")
+
+            proxy.flowing.clear()  # connections stay open, nothing answers: no error from the network, ever
+            start = time.monotonic()
+            with pytest.raises(BackendUnavailable):
+                await store.get(record.id)
+            assert time.monotonic() - start < 6.0
+
+            proxy.flowing.set()
+            await _until_back(store, record.id, within=15.0)
+        finally:
+            await store.close()

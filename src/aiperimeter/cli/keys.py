@@ -15,7 +15,7 @@ import orjson
 import typer
 from rich.table import Table
 
-from aiperimeter.cli.common import DataDir, console, fail, parse_duration
+from aiperimeter.cli.common import DataDir, console, err_console, fail, parse_duration
 from aiperimeter.config import default_data_dir
 from aiperimeter.keys import ID_RE, KNOWN_SCOPES, KeyRecord, new_key, new_secret
 from aiperimeter.state.base import KeyStore, open_key_store
@@ -26,10 +26,46 @@ app = typer.Typer(
 )
 
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Database = Annotated[
+    str | None,
+    typer.Option(
+        "--database",
+        envvar="AIPERIMETER_DATABASE",
+        help="postgresql://... key store of a cluster. Default: SQLite in the data dir.",
+        show_default=False,
+    ),
+]
+Redis = Annotated[
+    str | None,
+    typer.Option(
+        "--redis",
+        envvar="AIPERIMETER_REDIS",
+        help="redis://... of a cluster: the change reaches every gateway in milliseconds (else within a second).",
+        show_default=False,
+    ),
+]
 
 
-def _store(data_dir: Any) -> KeyStore:
-    return open_key_store(data_dir or default_data_dir())
+def _store(data_dir: Any, database: str | None = None) -> KeyStore:
+    return open_key_store(data_dir or default_data_dir(), database)
+
+
+async def _announce(redis: str | None, key_id: str) -> None:
+    """Push the change to every gateway at once. The store has it already; gateways also poll it every 0.25 s."""
+    if not redis:
+        return
+    from aiperimeter.errors import BackendUnavailable
+    from aiperimeter.state.bus import RedisBus
+
+    bus = RedisBus(redis)
+    try:
+        await bus.publish(key_id)
+    except BackendUnavailable:
+        err_console.print(
+            "warning: Redis is unreachable; gateways will see the change through the store within a second"
+        )
+    finally:
+        await bus.close()
 
 
 def _actor() -> str:
@@ -93,6 +129,7 @@ def create(
     ] = None,
     json_out: Json = False,
     data_dir: DataDir = None,
+    database: Database = None,
 ) -> None:
     """Create a key and print its secret once."""
     if not name.strip() or len(name) > 200:
@@ -114,7 +151,7 @@ def create(
     actor = _actor()
 
     async def add() -> None:
-        store = _store(data_dir)
+        store = _store(data_dir, database)
         try:
             await store.add(record, actor)
         finally:
@@ -131,11 +168,11 @@ def create(
 
 
 @app.command("list")
-def list_keys(json_out: Json = False, data_dir: DataDir = None) -> None:
-    """List keys (never their secrets)."""
+def list_keys(json_out: Json = False, data_dir: DataDir = None, database: Database = None) -> None:
+    """List keys (never their secrets), with their limits and pending rotations."""
 
     async def load() -> list[KeyRecord]:
-        store = _store(data_dir)
+        store = _store(data_dir, database)
         try:
             return await store.list_all()
         finally:
@@ -162,12 +199,12 @@ def list_keys(json_out: Json = False, data_dir: DataDir = None) -> None:
     console.print(table)
 
 
-def _get(key_id: str, data_dir: Any) -> KeyRecord:
+def _get(key_id: str, data_dir: Any, database: str | None = None) -> KeyRecord:
     if not ID_RE.fullmatch(key_id):
         fail(f"{key_id!r} is not a key id; ids are 12 characters, as shown by 'aiperimeter keys list'")
 
     async def load() -> KeyRecord | None:
-        store = _store(data_dir)
+        store = _store(data_dir, database)
         try:
             return await store.get(key_id)
         finally:
@@ -184,9 +221,10 @@ def show(
     key_id: Annotated[str, typer.Argument(help="The key's public id.")],
     json_out: Json = False,
     data_dir: DataDir = None,
+    database: Database = None,
 ) -> None:
     """Show one key (never its secret)."""
-    record, now = _get(key_id, data_dir), time.time()
+    record, now = _get(key_id, data_dir, database), time.time()
     if json_out:
         typer.echo(orjson.dumps(record.public(now)).decode())
         return
@@ -196,18 +234,23 @@ def show(
         console.print(f"{field:>11}: {value}")
 
 
-def _change(key_id: str, data_dir: Any, action: str, apply: Any, **extra: object) -> KeyRecord:
-    """Apply one lifecycle change through the store, record it in the audit log, return the new record."""
-    _get(key_id, data_dir)
+def _change(
+    key_id: str, where: tuple[Any, str | None, str | None], action: str, apply: Any, **extra: object
+) -> KeyRecord:
+    """Apply one lifecycle change through the store, announce it to the gateways, record it in the audit log."""
+    data_dir, database, redis = where
+    _get(key_id, data_dir, database)
     actor = _actor()
 
     async def run() -> KeyRecord | None:
-        store = _store(data_dir)
+        store = _store(data_dir, database)
         try:
             result: KeyRecord | None = await apply(store, actor)
-            return result
         finally:
             await store.close()
+        if result is not None:
+            await _announce(redis, key_id)
+        return result
 
     record = asyncio.run(run())
     if record is None:
@@ -228,9 +271,13 @@ def revoke(
     key_id: Annotated[str, typer.Argument(help="The key's public id.")],
     json_out: Json = False,
     data_dir: DataDir = None,
+    database: Database = None,
+    redis: Redis = None,
 ) -> None:
-    """Revoke a key, for good. Running gateways refuse it within a second."""
-    record = _change(key_id, data_dir, "revoke", lambda store, actor: store.revoke(key_id, time.time(), actor))
+    """Revoke a key, for good. Running gateways refuse it within a second (milliseconds with --redis)."""
+    record = _change(
+        key_id, (data_dir, database, redis), "revoke", lambda store, actor: store.revoke(key_id, time.time(), actor)
+    )
     _done(record, json_out, f"Revoked key {key_id} ({record.name}).")
 
 
@@ -242,13 +289,19 @@ def rotate(
     ] = "10m",
     json_out: Json = False,
     data_dir: DataDir = None,
+    database: Database = None,
+    redis: Redis = None,
 ) -> None:
     """Issue a new secret for a key. The old one keeps working until the grace ends, then is refused everywhere."""
     seconds = 0.0 if grace.strip() in ("0", "0s") else parse_duration(grace)
     secret, new_hash = new_secret(key_id)
     until = time.time() + seconds
     record = _change(
-        key_id, data_dir, "rotate", lambda store, actor: store.rotate(key_id, new_hash, until, actor), grace_until=until
+        key_id,
+        (data_dir, database, redis),
+        "rotate",
+        lambda store, actor: store.rotate(key_id, new_hash, until, actor),
+        grace_until=until,
     )
     if json_out:
         typer.echo(orjson.dumps({**record.public(time.time()), "secret": secret}).decode())
@@ -263,9 +316,13 @@ def suspend(
     key_id: Annotated[str, typer.Argument(help="The key's public id.")],
     json_out: Json = False,
     data_dir: DataDir = None,
+    database: Database = None,
+    redis: Redis = None,
 ) -> None:
     """Refuse a key until it is resumed (reversible, unlike revoke)."""
-    record = _change(key_id, data_dir, "suspend", lambda store, actor: store.suspend(key_id, time.time(), actor))
+    record = _change(
+        key_id, (data_dir, database, redis), "suspend", lambda store, actor: store.suspend(key_id, time.time(), actor)
+    )
     _done(record, json_out, f"Suspended key {key_id} ({record.name}); 'aiperimeter keys resume {key_id}' undoes it.")
 
 
@@ -274,7 +331,9 @@ def resume(
     key_id: Annotated[str, typer.Argument(help="The key's public id.")],
     json_out: Json = False,
     data_dir: DataDir = None,
+    database: Database = None,
+    redis: Redis = None,
 ) -> None:
     """Accept a suspended key again."""
-    record = _change(key_id, data_dir, "resume", lambda store, actor: store.resume(key_id, actor))
+    record = _change(key_id, (data_dir, database, redis), "resume", lambda store, actor: store.resume(key_id, actor))
     _done(record, json_out, f"Resumed key {key_id} ({record.name}).")

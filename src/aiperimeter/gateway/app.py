@@ -154,7 +154,9 @@ class Gateway:
 
     def __init__(self, settings: GatewaySettings, store: KeyStore | None = None) -> None:
         self.settings = settings
-        self.store = store or open_key_store(settings.data_dir)
+        self.store = store or open_key_store(
+            settings.data_dir, settings.database.reveal() if settings.database else None
+        )
         self.keys = KeyCache(
             self.store, ttl=settings.key_cache_ttl, poll=settings.revocation_poll, stale=settings.key_stale_window
         )

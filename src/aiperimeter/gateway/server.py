@@ -22,7 +22,7 @@ from typing import Any
 from aiperimeter.config import GatewaySettings
 from aiperimeter.errors import AiperimeterError, ConfigError
 from aiperimeter.gateway.app import Gateway, require_credentials
-from aiperimeter.state.base import open_key_store
+from aiperimeter.state.base import open_store
 
 log = logging.getLogger("aiperimeter.gateway")
 SHUTDOWN_GRACE = 10.0
@@ -102,10 +102,11 @@ def _reserve_port(settings: GatewaySettings) -> tuple[socket.socket, int]:
 
 
 def preflight(settings: GatewaySettings) -> None:
-    """Checks that must fail before any process starts: a credential exists and TLS material loads."""
+    """Checks that must fail before any process starts: the store opens (and is migrated), a credential exists,
+    TLS material loads, JWT key files load."""
 
     async def check() -> None:
-        store = open_key_store(settings.data_dir)
+        store = await open_store(settings.data_dir, settings.database.reveal() if settings.database else None)
         try:
             await require_credentials(store, settings)
         finally:
@@ -113,6 +114,10 @@ def preflight(settings: GatewaySettings) -> None:
 
     asyncio.run(check())
     _tls_context(settings)
+    if settings.jwt is not None:
+        from aiperimeter.gateway.jwt import JWTVerifier
+
+        JWTVerifier(settings.jwt)  # a bad key file stops start-up once, with exit code 2, not once per worker
 
 
 def run(settings: GatewaySettings) -> None:

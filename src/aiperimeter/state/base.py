@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
+from aiperimeter.errors import ConfigError
 from aiperimeter.keys import KeyRecord
 
 
@@ -50,8 +51,35 @@ class KeyStore(Protocol):
 DB_FILE = "aiperimeter.db"
 
 
-def open_key_store(data_dir: Path) -> KeyStore:
-    """The embedded default: SQLite in the data dir."""
-    from aiperimeter.state.sqlite import SQLiteKeyStore
+def open_key_store(data_dir: Path, database: str | None = None) -> KeyStore:
+    """SQLite in the data dir by default; PostgreSQL when `database` is a postgresql:// (or postgres://) URL.
 
-    return SQLiteKeyStore(data_dir / DB_FILE)
+    No I/O for PostgreSQL here: its pool connects and migrates on first use. Prefer `open_store` in async code, which
+    does that at once and so fails at start-up rather than at the first request."""
+    if not database:
+        from aiperimeter.state.sqlite import SQLiteKeyStore
+
+        return SQLiteKeyStore(data_dir / DB_FILE)
+    from aiperimeter.state.postgres import PostgresKeyStore, is_postgres_url, redact_url
+
+    if not is_postgres_url(database):
+        raise ConfigError(
+            f"{redact_url(database)!r} is not a database this aiperimeter can use; give a PostgreSQL URL "
+            "(postgresql://user@host:5432/dbname or postgres://...), or none for SQLite in the data dir",
+            field="database",
+        )
+    return PostgresKeyStore(database)
+
+
+async def open_store(data_dir: Path, database: str | None = None) -> KeyStore:
+    """`open_key_store`, then connect and migrate now (PostgreSQL): ConfigError or BackendUnavailable at once."""
+    store = open_key_store(data_dir, database)
+    from aiperimeter.state.postgres import PostgresKeyStore
+
+    if isinstance(store, PostgresKeyStore):
+        try:
+            await store.open()
+        except BaseException:
+            await store.close()
+            raise
+    return store
