@@ -8,13 +8,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import orjson
 import psycopg
 import pytest
-from psycopg import sql
+
+from tests.integration.conftest import in_schema
 
 PASSWORD = "Zq7-not-a-real-pw-91x"  # must never be printed
 
@@ -28,21 +28,6 @@ def db(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> su
         check=False,
         env={**os.environ, "COLUMNS": "200", **(env or {})},
     )
-
-
-def in_schema(url: str, schema: str) -> str:
-    return f"{url}{'&' if '?' in url else '?'}options=-csearch_path%3D{schema}"
-
-
-@pytest.fixture
-def schema_url(postgres_url: str) -> Iterator[str]:
-    """A URL pointing at a new, empty schema, dropped with everything in it afterwards."""
-    name = f"aip_test_{secrets.token_hex(6)}"
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(name)))
-    yield in_schema(postgres_url, name)
-    with psycopg.connect(postgres_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(name)))
 
 
 def closed_port() -> int:
