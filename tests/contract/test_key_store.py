@@ -22,6 +22,7 @@ from aiperimeter.state.base import KeyStore, open_key_store, open_store
 from aiperimeter.state.memory import MemoryKeyStore
 from aiperimeter.state.postgres import PostgresKeyStore
 from aiperimeter.state.sqlite import SQLiteKeyStore
+from tests.support.proxy import Proxy
 
 
 def in_schema(url: str, schema: str) -> str:
@@ -311,56 +312,6 @@ def test_urls_are_redacted() -> None:
     assert postgres.redact_url("postgresql://app@db/k") == "postgresql://app@db/k"
     assert postgres.redact_text("auth failed for p@ss", "postgresql://app:p%40ss@db/k") == "auth failed for ***"
     assert "topsecret" not in repr(PostgresKeyStore("postgresql://app:topsecret@127.0.0.1/k"))
-
-
-class Proxy:
-    """A TCP relay in front of the PostgreSQL server, to simulate outages: `cut` closes the port and every
-    connection (the database is gone); clearing `flowing` keeps them open but relays nothing (the network is)."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.target = (host, port)
-        self.port = 0
-        self.flowing = asyncio.Event()
-        self.flowing.set()
-        self.server: asyncio.Server | None = None
-        self.links: set[asyncio.StreamWriter] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._accept, "127.0.0.1", self.port)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(*self.target)
-        except OSError:
-            writer.close()
-            return
-        self.links |= {writer, up_writer}
-        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
-
-    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            while data := await reader.read(65536):
-                await self.flowing.wait()
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, OSError):
-            pass
-        finally:
-            writer.close()
-            self.links.discard(writer)
-
-    async def cut(self) -> None:
-        assert self.server is not None
-        self.server.close()
-        await self.server.wait_closed()
-        for writer in list(self.links):
-            writer.transport.abort()
-        self.links.clear()
-
-    async def restore(self) -> None:
-        await self.start()  # the same port again
 
 
 @pytest.fixture

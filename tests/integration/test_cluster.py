@@ -28,6 +28,7 @@ from aiperimeter.state.postgres import PostgresKeyStore
 from tests.support.gateway import GatewayProcess, free_port, start_gateway
 from tests.support.http import Response, request
 from tests.support.leaks import LEAKS
+from tests.support.proxy import ThreadedProxy
 from tests.support.upstream import FakeUpstream
 
 REPLICAS = 3
@@ -235,3 +236,36 @@ def test_redis_dies_under_load_and_comes_back(
         stop.set()
         redis.kill()
         redis.wait(5)
+
+
+def test_a_database_outage_keeps_verified_keys_and_refuses_unknown_ones_with_503(
+    upstream: FakeUpstream, tmp_path: Path, schema_url: str
+) -> None:
+    """PostgreSQL behind a relay this test cuts: a key verified shortly before keeps working (bounded window),
+    a key never seen gets 503, never 401; when the database returns, everything works again by itself."""
+    from urllib.parse import urlsplit
+
+    _, known = add_key(schema_url, "known")
+    _, unseen = add_key(schema_url, "unseen")
+    target = urlsplit(schema_url)
+    with ThreadedProxy(target.hostname or "127.0.0.1", target.port or 5432) as relay:
+        via = target._replace(netloc=f"{target.username}@127.0.0.1:{relay.port}").geturl()
+        config = tmp_path / "gateway.yaml"
+        config.write_text(orjson.dumps({"key_cache_ttl": 0.5, "key_stale_window": 30}).decode())
+        gateway = start_gateway(tmp_path / "gw", upstream.url, "openai", "--database", via, "--config", str(config))
+        try:
+            assert request(gateway.port, "GET", "/v1/models", key=known).status == 200
+            relay.cut()
+            time.sleep(1.0)  # past the cache TTL: the next lookup must go to the (dead) store
+            assert request(gateway.port, "GET", "/v1/models", key=known).status == 200
+            refused = request(gateway.port, "GET", "/v1/models", key=unseen, timeout=20)
+            assert (refused.status, refused.code) == (503, "store_unavailable")
+            relay.restore()
+            deadline = time.monotonic() + 20
+            while request(gateway.port, "GET", "/v1/models", key=unseen, timeout=20).status != 200:
+                assert time.monotonic() < deadline, "the gateway did not recover with the database"
+                time.sleep(0.2)
+        finally:
+            gateway.stop()
+    logs = "".join(gateway.output)
+    assert "key store unavailable: serving keys verified" in logs
