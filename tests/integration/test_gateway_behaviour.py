@@ -503,8 +503,13 @@ def test_expiry_takes_effect_without_restart(upstream: FakeUpstream, tmp_path: P
         _, key = add_key(tmp_path, "short", expires_at=expires_at)
         assert request(gateway.port, "GET", "/v1/models", key=key).status == 200
         time.sleep(max(0.0, expires_at - time.time()) + 0.05)
-        response = request(gateway.port, "GET", "/v1/models", key=key)
-        assert (response.status, response.code) == (401, "key_expired")
+        for _ in range(2):
+            response = request(gateway.port, "GET", "/v1/models", key=key)
+            assert (response.status, response.code) == (401, "key_expired")
+        records = gateway.wait_audit(4)
+        expired = [r for r in records if r.get("action") == "expire"]
+        assert [(r["event"], r["actor"], r["expired_at"]) for r in expired] == [("key", "system", expires_at)]
+        assert [r["key_id"] for r in records if r.get("deny") == "key_expired"] == [expired[0]["key_id"]] * 2
     finally:
         gateway.stop()
 

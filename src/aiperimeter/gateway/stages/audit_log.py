@@ -59,8 +59,25 @@ class AuditLog(Stage):
     def __init__(self, sink: AuditSink) -> None:
         self.sink = sink
         self.pid = os.getpid()
+        self._expired: set[str] = set()
+
+    def _expiry(self, ex: Exchange) -> None:
+        """Expiry happens by the clock, not by a command: its lifecycle event is written the first time this
+        process refuses the expired key (each process once; the actor is the system)."""
+        key = ex.key
+        if key is None or key.id in self._expired:
+            return
+        if len(self._expired) > 100_000:
+            self._expired.clear()
+        self._expired.add(key.id)
+        self.sink.write(
+            {"time": time.time(), "event": "key", "action": "expire", "key_id": key.id, "actor": "system",
+             "expired_at": key.expires_at}
+        )  # fmt: skip
 
     async def on_finish(self, ex: Exchange, outcome: Outcome) -> None:
+        if ex.deny_code == "key_expired":
+            self._expiry(ex)
         status = ex.status or (499 if outcome is Outcome.CLIENT_DISCONNECTED else 500)
         self.sink.write(
             {

@@ -73,6 +73,8 @@ class Authenticate(Stage):
                 raise Unauthenticated("key_rotated", "This API key was rotated and its grace period is over.")
             raise Unauthenticated("invalid_key", "The API key is not valid.")
         status = record.status(now)
+        if status != "active":
+            ex.key = record  # the refusal's audit record names the key (its public id)
         if status == "revoked":
             raise Unauthenticated("key_revoked", "The API key has been revoked.")
         if status == "expired":
