@@ -117,6 +117,8 @@ class GatewaySettings(BaseModel):
     jwt: JWTSettings | None = None  # JWT bearer tokens from an identity provider, besides aiperimeter keys
     database: Secret | None = None  # postgresql://... for a key store shared by several replicas; else SQLite
     redis: Secret | None = None  # redis://... for cluster-wide limits and revocation pushed to every replica
+    # --- admin API (aiperimeter.gateway.admin): HOST:PORT of a separate key-management listener; off unless set ---
+    admin_listen: str | None = None
 
     @field_validator("upstream")
     @classmethod
@@ -135,6 +137,14 @@ class GatewaySettings(BaseModel):
     def _listen(cls, value: str) -> str:
         split_host_port(value)
         return value
+
+    @field_validator("admin_listen")  # admin API
+    @classmethod
+    def _admin_listen(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        split_host_port(value)
+        return value.strip()
 
     @field_validator("upstream_api_key", mode="before")
     @classmethod
@@ -197,6 +207,7 @@ _ENV_FIELDS = {
     "AUDIT_LOG": "audit_log",
     "DATABASE": "database",
     "REDIS": "redis",
+    "ADMIN_LISTEN": "admin_listen",  # admin API
 }
 
 

@@ -56,6 +56,16 @@ def gateway(
         str | None,
         typer.Option("--redis", help="redis://... for cluster-wide limits and instant revocation on every replica."),
     ] = None,
+    admin_listen: Annotated[
+        str | None,
+        typer.Option(
+            "--admin-listen",
+            help="HOST:PORT of the admin API, to manage keys on the running gateway with "
+            "'aiperimeter keys ... --server URL' (as 127.0.0.1:8788). Off by default; off loopback it needs "
+            "--expose and TLS.",
+            show_default=False,
+        ),
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML settings file (see the README).")] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -72,6 +82,7 @@ def gateway(
             "data_dir": data_dir,
             "database": database,
             "redis": redis,
+            "admin_listen": admin_listen,
         },
     )
     # Imported here: the server stack is heavy, and every other command starts faster without it.

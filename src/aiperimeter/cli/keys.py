@@ -2,22 +2,36 @@
 
 Every change is recorded twice: in the store's change feed (with who did it), which every gateway follows, and as
 a `key` event in the audit log of the data dir.
+
+With `--server URL` every command works through the admin API of a running gateway (its `--admin-listen`) instead of
+the local store, authenticated by a key with the admin scope (`AIPERIMETER_ADMIN_KEY` or `--admin-key`). The output
+is the same; the gateway records the change in its store, its bus and its audit log.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
+import ssl
 import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import orjson
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from aiperimeter import __version__
 from aiperimeter.cli.common import DataDir, console, err_console, fail, parse_duration
 from aiperimeter.config import default_data_dir
-from aiperimeter.keys import ID_RE, KNOWN_SCOPES, KeyRecord, new_key, new_secret
+from aiperimeter.hosts import is_loopback_host
+from aiperimeter.keys import ID_RE, KNOWN_SCOPES, KeyRecord, new_key, new_secret, parse_key
 from aiperimeter.state.base import KeyStore, open_key_store
 
 app = typer.Typer(
@@ -44,6 +58,140 @@ Redis = Annotated[
         show_default=False,
     ),
 ]
+
+
+Server = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        help="URL of a running gateway's admin API (its --admin-listen), as http://127.0.0.1:8788: make the change "
+        "there rather than in a local store (--data-dir, --database and --redis then do not apply).",
+        show_default=False,
+    ),
+]
+AdminKey = Annotated[
+    str | None,
+    typer.Option(
+        "--admin-key",
+        envvar="AIPERIMETER_ADMIN_KEY",
+        help="A key with the admin scope, for --server. Prefer the variable: other users of this machine can read "
+        "command-line arguments.",
+        show_default=False,
+    ),
+]
+CaCert = Annotated[
+    Path | None,
+    typer.Option(
+        "--ca-cert",
+        help="PEM file of the CA that signed the admin API's TLS certificate, for an https:// --server. "
+        "Default: the system's CAs.",
+        show_default=False,
+    ),
+]
+
+# --- the admin API of a running gateway (--server) ---------------------------------------------------------------
+
+TIMEOUT = 30.0
+MAX_RESPONSE = 64 * 1024 * 1024
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect would carry the admin key elsewhere: it is an error instead."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+@dataclass(frozen=True)
+class Remote:
+    base: str
+    admin_key: str = field(repr=False)
+    tls: ssl.SSLContext | None
+
+    def call(self, method: str, path: str, body: dict[str, object] | None = None) -> Any:
+        """One request to the admin API: its JSON answer, or exit 2 with the server's message."""
+        data = orjson.dumps(body) if body is not None else None
+        headers = {
+            "Authorization": f"Bearer {self.admin_key}",
+            "Accept": "application/json",
+            "User-Agent": f"aiperimeter/{__version__}",
+        }
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)  # noqa: S310
+        # Straight to the server: no proxy from the environment sees the admin key, no redirect takes it elsewhere.
+        opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler({}), _NoRedirect(), urllib.request.HTTPSHandler(context=self.tls)
+        )
+        try:
+            with opener.open(request, timeout=TIMEOUT) as response:
+                payload = response.read(MAX_RESPONSE)
+        except urllib.error.HTTPError as exc:
+            _server_error(exc)
+        except urllib.error.URLError as exc:
+            reason = exc.reason
+            text = reason.strerror or str(reason) if isinstance(reason, OSError) else str(reason)
+            fail(f"cannot reach the admin API at {escape(self.base)}: {escape(str(text))}")
+        except (OSError, http.client.HTTPException) as exc:
+            fail(f"the admin API at {escape(self.base)} did not answer: {escape(str(exc) or type(exc).__name__)}")
+        try:
+            return orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            fail(f"{escape(self.base)} did not answer with JSON; is it a gateway's admin API (--admin-listen)?")
+
+
+def _server_error(exc: urllib.error.HTTPError) -> NoReturn:
+    """The server's message and code from its error envelope; exit 2."""
+    message, code = "", ""
+    try:
+        error = orjson.loads(exc.read(65536)).get("error")
+        if isinstance(error, dict):
+            message, code = str(error.get("message") or ""), str(error.get("code") or "")
+    except (OSError, ValueError, AttributeError, http.client.HTTPException):
+        pass
+    finally:
+        exc.close()
+    if not message:
+        message = "redirects are not followed" if 300 <= exc.code < 400 else str(exc.reason or "error")
+    fail(f"the admin API refused: {escape(message)} (HTTP {exc.code}{', ' + escape(code) if code else ''})")
+
+
+def _remote(server: str | None, admin_key: str | None, ca_cert: Path | None) -> Remote | None:
+    """The admin API to use, or None for the local store."""
+    if server is None:
+        return None
+    server = server.strip()
+    parts = urlsplit(server)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        fail("--server must be an http:// or https:// URL of a gateway's admin API, as http://127.0.0.1:8788")
+    if parts.username or parts.password or parts.query or parts.fragment:
+        fail("--server must be a plain URL, without credentials, query or fragment")
+    key = (admin_key or "").strip()
+    if not key:
+        fail("--server needs a key with the admin scope: set AIPERIMETER_ADMIN_KEY (or pass --admin-key)")
+    if not key.isascii() or parse_key(key) is None:
+        fail("the admin key is not an aiperimeter key (aip_...); check AIPERIMETER_ADMIN_KEY or --admin-key")
+    tls = None
+    if parts.scheme == "https":
+        try:
+            tls = ssl.create_default_context(cafile=str(ca_cert) if ca_cert is not None else None)
+        except (OSError, ssl.SSLError) as exc:
+            fail(f"cannot load --ca-cert {escape(str(ca_cert))}: {escape(str(exc))}")
+    elif not is_loopback_host(parts.hostname):
+        err_console.print(
+            "[bold yellow]warning:[/] the admin key crosses the network in clear text; serve the admin API over "
+            "https:// (--tls-cert/--tls-key on the gateway)",
+            soft_wrap=True,
+        )
+    return Remote(server.rstrip("/"), key, tls)
+
+
+def _check_id(key_id: str) -> None:
+    if not ID_RE.fullmatch(key_id):
+        fail(f"{key_id!r} is not a key id; ids are 12 characters, as shown by 'aiperimeter keys list'")
+
+
+# --- the local store ---------------------------------------------------------------------------------------------
 
 
 def _store(data_dir: Any, database: str | None = None) -> KeyStore:
@@ -130,6 +278,9 @@ def create(
     json_out: Json = False,
     data_dir: DataDir = None,
     database: Database = None,
+    server: Server = None,
+    admin_key: AdminKey = None,
+    ca_cert: CaCert = None,
 ) -> None:
     """Create a key and print its secret once."""
     if not name.strip() or len(name) > 200:
@@ -137,71 +288,105 @@ def create(
     scopes = frozenset(scope or ())
     if unknown := scopes - KNOWN_SCOPES:
         fail(f"unknown scope {', '.join(sorted(unknown))}; known scopes: {', '.join(sorted(KNOWN_SCOPES))}")
-    now = time.time()
-    record, secret = new_key(
-        name.strip(),
-        scopes=scopes,
-        models=_split(models),
-        expires_at=now + parse_duration(expires) if expires else None,
-        now=now,
-        rpm=rpm,
-        tpm=tpm,
-        concurrency=concurrency,
-    )
-    actor = _actor()
+    lifetime = parse_duration(expires) if expires else None
+    model_names = _split(models)
+    remote = _remote(server, admin_key, ca_cert)
+    if remote is not None:
+        doc: dict[str, Any] = remote.call(
+            "POST",
+            "/admin/keys",
+            {
+                "name": name.strip(),
+                "models": sorted(model_names) if model_names is not None else None,
+                "scopes": sorted(scopes),
+                "expires_in": lifetime,
+                "rpm": rpm,
+                "tpm": tpm,
+                "concurrency": concurrency,
+            },
+        )
+    else:
+        now = time.time()
+        record, secret = new_key(
+            name.strip(),
+            scopes=scopes,
+            models=model_names,
+            expires_at=now + lifetime if lifetime else None,
+            now=now,
+            rpm=rpm,
+            tpm=tpm,
+            concurrency=concurrency,
+        )
+        actor = _actor()
 
-    async def add() -> None:
-        store = _store(data_dir, database)
-        try:
-            await store.add(record, actor)
-        finally:
-            await store.close()
+        async def add() -> None:
+            store = _store(data_dir, database)
+            try:
+                await store.add(record, actor)
+            finally:
+                await store.close()
 
-    asyncio.run(add())
-    _record_event(data_dir, "create", record, actor)
+        asyncio.run(add())
+        _record_event(data_dir, "create", record, actor)
+        doc = {**record.public(now), "secret": secret}
     if json_out:
-        typer.echo(orjson.dumps({**record.public(now), "secret": secret}).decode())
+        typer.echo(orjson.dumps(doc).decode())
         return
-    console.print(f"Created key [bold]{record.id}[/] ({record.name}). This is the only time the secret is shown:\n")
-    console.print(f"    {secret}\n", soft_wrap=True)
+    console.print(f"Created key [bold]{doc['id']}[/] ({doc['name']}). This is the only time the secret is shown:\n")
+    console.print(f"    {doc['secret']}\n", soft_wrap=True)
     console.print("Send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>').")
 
 
 @app.command("list")
-def list_keys(json_out: Json = False, data_dir: DataDir = None, database: Database = None) -> None:
+def list_keys(
+    json_out: Json = False,
+    data_dir: DataDir = None,
+    database: Database = None,
+    server: Server = None,
+    admin_key: AdminKey = None,
+    ca_cert: CaCert = None,
+) -> None:
     """List keys (never their secrets), with their limits and pending rotations."""
+    remote = _remote(server, admin_key, ca_cert)
+    if remote is not None:
+        entries: list[dict[str, Any]] = remote.call("GET", "/admin/keys")["data"]
+    else:
 
-    async def load() -> list[KeyRecord]:
-        store = _store(data_dir, database)
-        try:
-            return await store.list_all()
-        finally:
-            await store.close()
+        async def load() -> list[KeyRecord]:
+            store = _store(data_dir, database)
+            try:
+                return await store.list_all()
+            finally:
+                await store.close()
 
-    records, now = asyncio.run(load()), time.time()
+        records, now = asyncio.run(load()), time.time()
+        entries = [r.public(now) for r in records]
     if json_out:
-        typer.echo(orjson.dumps([r.public(now) for r in records]).decode())
+        typer.echo(orjson.dumps(entries).decode())
         return
     table = Table("id", "name", "status", "scopes", "models", "limits", "created", "expires", "old secret valid until")
-    for r in records:
-        limits = ", ".join(f"{n} {v}" for n, v in (("rpm", r.rpm), ("tpm", r.tpm), ("at once", r.concurrency)) if v)
+    for e in entries:
+        limits = ", ".join(
+            f"{n} {e['limits'][k]}"
+            for n, k in (("rpm", "rpm"), ("tpm", "tpm"), ("at once", "concurrency"))
+            if e["limits"][k]
+        )
         table.add_row(
-            r.id,
-            r.name,
-            r.status(now),
-            ",".join(sorted(r.scopes)) or "-",
-            ",".join(sorted(r.models)) if r.models is not None else "all",
+            e["id"],
+            e["name"],
+            e["status"],
+            ",".join(e["scopes"]) or "-",
+            ",".join(e["models"]) if e["models"] is not None else "all",
             limits or "default",
-            _when(r.created_at),
-            _when(r.expires_at),
-            _when(r.previous_until) if r.previous_until and r.previous_until > now else "-",
+            _when(e["created_at"]),
+            _when(e["expires_at"]),
+            _when(e["rotation_grace_until"]) if e["rotation_grace_until"] else "-",
         )
     console.print(table)
 
 
 def _get(key_id: str, data_dir: Any, database: str | None = None) -> KeyRecord:
-    if not ID_RE.fullmatch(key_id):
-        fail(f"{key_id!r} is not a key id; ids are 12 characters, as shown by 'aiperimeter keys list'")
+    _check_id(key_id)
 
     async def load() -> KeyRecord | None:
         store = _store(data_dir, database)
@@ -222,16 +407,24 @@ def show(
     json_out: Json = False,
     data_dir: DataDir = None,
     database: Database = None,
+    server: Server = None,
+    admin_key: AdminKey = None,
+    ca_cert: CaCert = None,
 ) -> None:
     """Show one key (never its secret)."""
-    record, now = _get(key_id, data_dir, database), time.time()
+    remote = _remote(server, admin_key, ca_cert)
+    if remote is not None:
+        _check_id(key_id)
+        doc: dict[str, Any] = remote.call("GET", f"/admin/keys/{key_id}")
+    else:
+        doc = _get(key_id, data_dir, database).public(time.time())
     if json_out:
-        typer.echo(orjson.dumps(record.public(now)).decode())
+        typer.echo(orjson.dumps(doc).decode())
         return
-    for field, value in record.public(now).items():
-        if field.endswith("_at"):
-            value = _when(value)  # type: ignore[arg-type]
-        console.print(f"{field:>11}: {value}")
+    for name, value in doc.items():
+        if name.endswith("_at"):
+            value = _when(value)
+        console.print(f"{name:>11}: {value}")
 
 
 def _change(
@@ -259,9 +452,16 @@ def _change(
     return record
 
 
-def _done(record: KeyRecord, json_out: bool, message: str) -> None:
+def _remote_change(remote: Remote, key_id: str, action: str, body: dict[str, object] | None = None) -> dict[str, Any]:
+    """The same change through the admin API of a running gateway: the key as it is now."""
+    _check_id(key_id)
+    doc: dict[str, Any] = remote.call("POST", f"/admin/keys/{key_id}/{action}", body)
+    return doc
+
+
+def _done(doc: dict[str, Any], json_out: bool, message: str) -> None:
     if json_out:
-        typer.echo(orjson.dumps(record.public(time.time())).decode())
+        typer.echo(orjson.dumps(doc).decode())
     else:
         console.print(message)
 
@@ -273,12 +473,20 @@ def revoke(
     data_dir: DataDir = None,
     database: Database = None,
     redis: Redis = None,
+    server: Server = None,
+    admin_key: AdminKey = None,
+    ca_cert: CaCert = None,
 ) -> None:
     """Revoke a key, for good. Running gateways refuse it within a second (milliseconds with --redis)."""
-    record = _change(
-        key_id, (data_dir, database, redis), "revoke", lambda store, actor: store.revoke(key_id, time.time(), actor)
-    )
-    _done(record, json_out, f"Revoked key {key_id} ({record.name}).")
+    remote = _remote(server, admin_key, ca_cert)
+    if remote is not None:
+        doc = _remote_change(remote, key_id, "revoke")
+    else:
+        record = _change(
+            key_id, (data_dir, database, redis), "revoke", lambda store, actor: store.revoke(key_id, time.time(), actor)
+        )
+        doc = record.public(time.time())
+    _done(doc, json_out, f"Revoked key {key_id} ({doc['name']}).")
 
 
 @app.command()
@@ -291,23 +499,33 @@ def rotate(
     data_dir: DataDir = None,
     database: Database = None,
     redis: Redis = None,
+    server: Server = None,
+    admin_key: AdminKey = None,
+    ca_cert: CaCert = None,
 ) -> None:
     """Issue a new secret for a key. The old one keeps working until the grace ends, then is refused everywhere."""
     seconds = 0.0 if grace.strip() in ("0", "0s") else parse_duration(grace)
-    secret, new_hash = new_secret(key_id)
-    until = time.time() + seconds
-    record = _change(
-        key_id,
-        (data_dir, database, redis),
-        "rotate",
-        lambda store, actor: store.rotate(key_id, new_hash, until, actor),
-        grace_until=until,
-    )
+    remote = _remote(server, admin_key, ca_cert)
+    if remote is not None:
+        doc = _remote_change(remote, key_id, "rotate", {"grace": seconds})
+        answered = doc.pop("grace_until", None)
+        until = float(answered) if isinstance(answered, int | float) else time.time() + seconds
+    else:
+        secret, new_hash = new_secret(key_id)
+        until = time.time() + seconds
+        record = _change(
+            key_id,
+            (data_dir, database, redis),
+            "rotate",
+            lambda store, actor: store.rotate(key_id, new_hash, until, actor),
+            grace_until=until,
+        )
+        doc = {**record.public(time.time()), "secret": secret}
     if json_out:
-        typer.echo(orjson.dumps({**record.public(time.time()), "secret": secret}).decode())
+        typer.echo(orjson.dumps(doc).decode())
         return
-    console.print(f"Rotated key [bold]{key_id}[/] ({record.name}). This is the only time the new secret is shown:\n")
-    console.print(f"    {secret}\n", soft_wrap=True)
+    console.print(f"Rotated key [bold]{key_id}[/] ({doc['name']}). This is the only time the new secret is shown:\n")
+    console.print(f"    {doc['secret']}\n", soft_wrap=True)
     console.print(f"The old secret works until {_when(until)}.")
 
 
@@ -318,12 +536,23 @@ def suspend(
     data_dir: DataDir = None,
     database: Database = None,
     redis: Redis = None,
+    server: Server = None,
+    admin_key: AdminKey = None,
+    ca_cert: CaCert = None,
 ) -> None:
     """Refuse a key until it is resumed (reversible, unlike revoke)."""
-    record = _change(
-        key_id, (data_dir, database, redis), "suspend", lambda store, actor: store.suspend(key_id, time.time(), actor)
-    )
-    _done(record, json_out, f"Suspended key {key_id} ({record.name}); 'aiperimeter keys resume {key_id}' undoes it.")
+    remote = _remote(server, admin_key, ca_cert)
+    if remote is not None:
+        doc = _remote_change(remote, key_id, "suspend")
+    else:
+        record = _change(
+            key_id,
+            (data_dir, database, redis),
+            "suspend",
+            lambda store, actor: store.suspend(key_id, time.time(), actor),
+        )
+        doc = record.public(time.time())
+    _done(doc, json_out, f"Suspended key {key_id} ({doc['name']}); 'aiperimeter keys resume {key_id}' undoes it.")
 
 
 @app.command()
@@ -333,7 +562,17 @@ def resume(
     data_dir: DataDir = None,
     database: Database = None,
     redis: Redis = None,
+    server: Server = None,
+    admin_key: AdminKey = None,
+    ca_cert: CaCert = None,
 ) -> None:
     """Accept a suspended key again."""
-    record = _change(key_id, (data_dir, database, redis), "resume", lambda store, actor: store.resume(key_id, actor))
-    _done(record, json_out, f"Resumed key {key_id} ({record.name}).")
+    remote = _remote(server, admin_key, ca_cert)
+    if remote is not None:
+        doc = _remote_change(remote, key_id, "resume")
+    else:
+        record = _change(
+            key_id, (data_dir, database, redis), "resume", lambda store, actor: store.resume(key_id, actor)
+        )
+        doc = record.public(time.time())
+    _done(doc, json_out, f"Resumed key {key_id} ({doc['name']}).")

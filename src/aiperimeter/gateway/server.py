@@ -21,6 +21,14 @@ from typing import Any
 
 from aiperimeter.config import GatewaySettings
 from aiperimeter.errors import AiperimeterError, ConfigError
+from aiperimeter.gateway.admin import (
+    AdminListener,
+    admin_address,
+    check_admin_listen,
+    reserve_admin_port,
+    start_admin,
+    url_of,
+)
 from aiperimeter.gateway.app import Gateway, require_credentials
 from aiperimeter.state.base import open_store
 
@@ -48,19 +56,34 @@ def _install_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(settings: GatewaySettings, port: int, ready: Connection | None) -> None:
+async def _serve(settings: GatewaySettings, port: int, ready: Connection | None, admin_port: int | None = None) -> None:
+    """One process's gateway; with `admin_port`, also the admin API (only one process of a gateway serves it)."""
     loop = asyncio.get_running_loop()
     gateway = Gateway(settings)
     server_factory = await gateway.start()
+    tls = _tls_context(settings)
     server = await loop.create_server(
         server_factory,
         settings.listen_host,
         port,
         reuse_port=settings.workers > 1,
-        ssl=_tls_context(settings),
+        ssl=tls,
         backlog=2048,
     )
     bound = server.sockets[0].getsockname()[1]
+    # --- admin API: started after the gateway's listener, announced before it ---
+    admin: AdminListener | None = None
+    admin_at = admin_address(settings)
+    if admin_at is not None and admin_port is not None:
+        try:
+            admin = await start_admin(gateway, admin_at[0], admin_port, reuse_port=settings.workers > 1, tls=tls)
+        except BaseException:
+            server.close()
+            await gateway.close()
+            raise
+        if ready is None:
+            print(f"aiperimeter admin API listening on {admin.url}", flush=True)
+    # --- end admin API ---
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
@@ -74,17 +97,19 @@ async def _serve(settings: GatewaySettings, port: int, ready: Connection | None)
     try:
         await stop.wait()
     finally:
+        if admin is not None:  # admin API
+            await admin.close(SHUTDOWN_GRACE)
         server.close()
         await server_factory.shutdown(SHUTDOWN_GRACE)
         await server.wait_closed()
         await gateway.close()
 
 
-def _worker_main(settings: GatewaySettings, port: int, ready: Connection) -> None:
+def _worker_main(settings: GatewaySettings, port: int, ready: Connection, admin_port: int | None = None) -> None:
     _install_loop()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
     try:
-        asyncio.run(_serve(settings, port, ready))
+        asyncio.run(_serve(settings, port, ready, admin_port))
     except KeyboardInterrupt:
         pass
     except AiperimeterError as exc:
@@ -103,7 +128,8 @@ def _reserve_port(settings: GatewaySettings) -> tuple[socket.socket, int]:
 
 def preflight(settings: GatewaySettings) -> None:
     """Checks that must fail before any process starts: the store opens (and is migrated), a credential exists,
-    TLS material loads, JWT key files load."""
+    TLS material loads, JWT key files load, the admin API's address is safe."""
+    check_admin_listen(settings)
 
     async def check() -> None:
         store = await open_store(settings.data_dir, settings.database.reveal() if settings.database else None)
@@ -125,7 +151,8 @@ def run(settings: GatewaySettings) -> None:
     if settings.workers == 1:
         _install_loop()
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(_serve(settings, settings.listen_port, None))
+            admin = admin_address(settings)  # admin API
+            asyncio.run(_serve(settings, settings.listen_port, None, admin[1] if admin is not None else None))
         return
     Supervisor(settings).run()
 
@@ -136,12 +163,13 @@ class Supervisor:
         self.context = multiprocessing.get_context("spawn")
         self.workers: dict[int, Any] = {}
         self.stopping = False
+        self.admin_port: int | None = None  # admin API: served by worker 0 only
 
     def _start_worker(self, slot: int, port: int) -> int:
         receive, send = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=_worker_main,
-            args=(self.settings, port, send),
+            args=(self.settings, port, send, self.admin_port if slot == 0 else None),
             name=f"aiperimeter-worker-{slot}",
             daemon=False,
         )
@@ -159,6 +187,13 @@ class Supervisor:
 
     def run(self) -> None:
         reservation, port = _reserve_port(self.settings)
+        admin_reservation: socket.socket | None = None  # admin API
+        if self.settings.admin_listen is not None:
+            try:
+                admin_reservation, self.admin_port = reserve_admin_port(self.settings, port)
+            except BaseException:
+                reservation.close()
+                raise
 
         def request_stop(signum: int, frame: object) -> None:
             self.stopping = True
@@ -169,6 +204,10 @@ class Supervisor:
             for slot in range(self.settings.workers):
                 self._start_worker(slot, port)
             scheme = "https" if self.settings.tls_cert else "http"
+            admin = admin_address(self.settings)  # admin API
+            if admin is not None and self.admin_port is not None:
+                admin_url = url_of(admin[0], self.admin_port, self.settings.tls_cert is not None)
+                print(f"aiperimeter admin API listening on {admin_url} (worker 0)", flush=True)
             host = self.settings.listen_host
             host = f"[{host}]" if ":" in host else host
             print(
@@ -203,3 +242,5 @@ class Supervisor:
                 if process.is_alive():
                     process.kill()
             reservation.close()
+            if admin_reservation is not None:  # admin API
+                admin_reservation.close()

@@ -16,7 +16,7 @@ from aiperimeter.errors import Unauthenticated
 from aiperimeter.gateway.jwt import JWTVerifier, looks_like_jwt
 from aiperimeter.gateway.keycache import KeyCache
 from aiperimeter.gateway.pipeline import Exchange, Stage
-from aiperimeter.keys import KEY_RE, hash_key, parse_key
+from aiperimeter.keys import KEY_RE, KeyRecord, hash_key, parse_key
 
 HOW = "Send your aiperimeter key (or a JWT from the configured identity provider) as 'Authorization: Bearer ...'."
 
@@ -42,6 +42,24 @@ def presented_key(headers: CIMultiDictProxy[str]) -> str:
     return candidates[0]
 
 
+def usable(record: KeyRecord | None, secret_hash: str, now: float) -> KeyRecord:
+    """The key this hash opens, if it may be used now; else Unauthenticated saying why. Shared with the admin API."""
+    if record is None:
+        raise Unauthenticated("invalid_key", "The API key is not valid.")
+    if not record.accepts(secret_hash, now):
+        if record.previous_hash is not None and hmac.compare_digest(record.previous_hash, secret_hash):
+            raise Unauthenticated("key_rotated", "This API key was rotated and its grace period is over.")
+        raise Unauthenticated("invalid_key", "The API key is not valid.")
+    status = record.status(now)
+    if status == "revoked":
+        raise Unauthenticated("key_revoked", "The API key has been revoked.")
+    if status == "expired":
+        raise Unauthenticated("key_expired", "The API key has expired.")
+    if status == "suspended":
+        raise Unauthenticated("key_suspended", "The API key is suspended.")
+    return record
+
+
 class Authenticate(Stage):
     name: ClassVar[str] = "authenticate"
 
@@ -65,20 +83,6 @@ class Authenticate(Stage):
             if parse_key(token) is None:
                 raise Unauthenticated("malformed_credentials", f"The API key is not an aiperimeter key. {HOW}")
             record = await self.keys.lookup(secret_hash)
-        now = time.time()
-        if record is None:
-            raise Unauthenticated("invalid_key", "The API key is not valid.")
-        if not record.accepts(secret_hash, now):
-            if record.previous_hash is not None and hmac.compare_digest(record.previous_hash, secret_hash):
-                raise Unauthenticated("key_rotated", "This API key was rotated and its grace period is over.")
-            raise Unauthenticated("invalid_key", "The API key is not valid.")
-        status = record.status(now)
-        if status != "active":
-            ex.key = record  # the refusal's audit record names the key (its public id)
-        if status == "revoked":
-            raise Unauthenticated("key_revoked", "The API key has been revoked.")
-        if status == "expired":
-            raise Unauthenticated("key_expired", "The API key has expired.")
-        if status == "suspended":
-            raise Unauthenticated("key_suspended", "The API key is suspended.")
-        ex.key = record
+        if record is not None and record.accepts(secret_hash, time.time()):
+            ex.key = record  # a refusal for its status still names the key (its public id) in the audit record
+        ex.key = usable(record, secret_hash, time.time())
