@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 import subprocess
 from collections import Counter
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ BINARY_SUFFIXES = frozenset(
         ".onnx", ".bin", ".npy", ".npz", ".parquet", ".sqlite", ".db",
     }
 )  # fmt: skip
-DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024  # logs of tens of MB hold keys too; beyond this, data, not text
 _SNIFF = 8192
 
 
@@ -50,13 +51,13 @@ class WalkStats:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def display_path(path: Path) -> str:
+def display_path(path: Path | str) -> str:
     """Relative to the working directory when below it (stable for baselines and SARIF), else absolute."""
-    absolute = path.absolute()
-    try:
-        return absolute.relative_to(Path.cwd()).as_posix()
-    except ValueError:
-        return absolute.as_posix()
+    absolute = os.path.abspath(path)
+    cwd = os.getcwd()
+    if absolute.startswith(cwd + os.sep):
+        return Path(absolute[len(cwd) + 1 :]).as_posix()
+    return Path(absolute).as_posix()
 
 
 def decode_for_scan(data: bytes) -> bytes | None:
@@ -78,40 +79,49 @@ def _excluded(relative: str, name: str, patterns: tuple[str, ...]) -> bool:
 def walk(
     paths: list[Path], stats: WalkStats, max_bytes: int = DEFAULT_MAX_BYTES, exclude: tuple[str, ...] = ()
 ) -> Iterator[SourceFile]:
-    """Readable text files under paths, in a stable order."""
+    """Readable text files under paths, in a stable order. Plain strings, not Path objects: on trees of tens of
+    thousands of files, object churn costs more than reading them."""
     for root in paths:
         if not root.exists() and not root.is_symlink():
             raise ConfigError(f"{root}: no such file or directory")
         if root.is_file():
-            yield from _read(root, stats, max_bytes)
+            yield from _read(str(root), stats, max_bytes)
             continue
-        for folder, dirs, files in os.walk(root):
-            here = Path(folder)
+        base = str(root)
+        for folder, dirs, files in os.walk(base):
+            relative = os.path.relpath(folder, base) if exclude else ""
             dirs[:] = sorted(
-                d
-                for d in dirs
-                if d not in SKIP_DIRS and not _excluded((here / d).relative_to(root).as_posix(), d, exclude)
+                d for d in dirs if d not in SKIP_DIRS and not (exclude and _excluded(_join(relative, d), d, exclude))
             )
             for name in sorted(files):
-                path = here / name
-                if _excluded(path.relative_to(root).as_posix(), name, exclude):
+                if exclude and _excluded(_join(relative, name), name, exclude):
                     stats.skipped["excluded"] += 1
                     continue
-                yield from _read(path, stats, max_bytes)
+                yield from _read(os.path.join(folder, name), stats, max_bytes)
 
 
-def _read(path: Path, stats: WalkStats, max_bytes: int) -> Iterator[SourceFile]:
-    if path.is_symlink() or not path.is_file():
+def _join(relative: str, name: str) -> str:
+    return name if relative in ("", ".") else f"{Path(relative).as_posix()}/{name}"
+
+
+def _read(path: str, stats: WalkStats, max_bytes: int) -> Iterator[SourceFile]:
+    try:
+        info = os.lstat(path)
+    except OSError:
+        stats.skipped["unreadable"] += 1
+        return
+    if not stat.S_ISREG(info.st_mode):  # symlinks included: never followed
         stats.skipped["not a regular file"] += 1
         return
-    if path.suffix.lower() in BINARY_SUFFIXES:
+    if os.path.splitext(path)[1].lower() in BINARY_SUFFIXES:
         stats.skipped["binary"] += 1
         return
+    if info.st_size > max_bytes:
+        stats.skipped["too large"] += 1
+        return
     try:
-        if path.stat().st_size > max_bytes:
-            stats.skipped["too large"] += 1
-            return
-        raw = path.read_bytes()
+        with open(path, "rb") as handle:
+            raw = handle.read()
     except OSError:
         stats.skipped["unreadable"] += 1
         return

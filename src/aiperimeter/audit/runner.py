@@ -40,35 +40,30 @@ class AuditOptions:
 
 
 class _Lines:
-    """Line numbers and line text of one file, computed once and only when a finding needs them."""
+    """Line numbers and line text of one file, counted only where a finding needs them."""
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self._starts: list[int] | None = None
-
-    def _index(self) -> list[int]:
-        if self._starts is None:
-            self._starts = [0, *(m.end() for m in re.finditer(rb"\n", self.data))]
-        return self._starts
 
     def locate(self, offset: int) -> tuple[int, int]:
         """1-based line and column of a byte offset."""
-        starts = self._index()
-        lo, hi = 0, len(starts) - 1
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if starts[mid] <= offset:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo + 1, offset - starts[lo] + 1
+        line_start = self.data.rfind(b"\n", 0, offset) + 1
+        return self.data.count(b"\n", 0, offset) + 1, offset - line_start + 1
+
+    def around(self, offset: int) -> bytes:
+        """The line holding a byte offset."""
+        start = self.data.rfind(b"\n", 0, offset) + 1
+        end = self.data.find(b"\n", offset)
+        return self.data[start : end if end != -1 else len(self.data)]
 
     def text(self, line: int) -> bytes:
-        starts = self._index()
-        if not 1 <= line <= len(starts):
-            return b""
-        end = starts[line] if line < len(starts) else len(self.data)
-        return self.data[starts[line - 1] : end]
+        start = 0
+        for _ in range(line - 1):
+            start = self.data.find(b"\n", start) + 1
+            if start == 0:
+                return b""
+        end = self.data.find(b"\n", start)
+        return self.data[start : end if end != -1 else len(self.data)]
 
 
 def ignored(line: bytes, rule: str) -> bool:
@@ -174,7 +169,7 @@ class Auditor:
 
     def _secret(self, source: SourceFile, lines: _Lines, hit: SecretHit) -> None:
         line, column = lines.locate(hit.start)
-        if ignored(lines.text(line), hit.rule.id):
+        if ignored(lines.around(hit.start), hit.rule.id):
             self.result.ignored_inline += 1
             return
         rule = hit.rule

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,9 +54,10 @@ def is_placeholder(secret: str, prefix_len: int = 0) -> bool:
 
 def _assignment_regex(name: str, value: str) -> bytes:
     # NAME = v | NAME: v | "name": "v" | --name v | name => v | environ["NAME"] = "v" | getenv("NAME", "v");
-    # the name part is case-insensitive.
+    # the name part is case-insensitive. The match starts at the provider's word (what comes before it in the name
+    # does not matter), so the engine never backtracks over a run of name characters at every position.
     return (
-        rb"(?i:[A-Za-z0-9_.-]{0,40}(?:" + name.encode() + rb")[A-Za-z0-9_.-]{0,40})[\"'\]]{0,2}[ \t]{0,4}"
+        rb"(?i:" + name.encode() + rb")(?i:[A-Za-z0-9_.-]{0,40})[\"'\]]{0,2}[ \t]{0,4}"
         rb"(?:=|:=|:|=>|,|[ \t])[ \t]{0,4}[\"']?(?P<secret>" + value.encode() + rb")" + _RIGHT
     )
 
@@ -70,42 +71,34 @@ def _prefix_length(rule: SecretRule, secret: str) -> int:
 # A rule's regex runs only on a window around each occurrence of one of its keywords: the keyword is the secret's
 # prefix or a word of the name it is assigned to, so the secret lies within these bounds of it.
 _BEFORE = 160
-_AFTER = 2048
-_LONGEST = 1024  # no secret is longer; a keyword closer than this to a window's end gets its own window
+_AFTER = 768
+_LONGEST = 512  # no secret is longer; a keyword closer than this to a window's end gets its own window
 
 
 class _Keywords:
-    """Every occurrence of any keyword, found in one linear pass (RE2 where installed, else one scan each)."""
+    """Which keywords a file holds, in one linear pass (an RE2 set where installed, else one scan each)."""
 
     def __init__(self, keywords: Iterable[bytes]) -> None:
         self.keywords = sorted(set(keywords))
-        self._re2: Any = None
+        self._set: Any = None
         try:
             import re2
 
             options = re2.Options()
             options.case_sensitive = False
             options.encoding = re2.Options.Encoding.LATIN1  # any byte is a character: no decoding, no errors
-            self._re2 = re2.compile(b"|".join(re.escape(k) for k in self.keywords), options)
+            self._set = re2.Set.SearchSet(options)
+            for keyword in self.keywords:
+                self._set.Add(re.escape(keyword))
+            self._set.Compile()
         except ImportError:  # pragma: no cover - the wheel exists for every platform we ship to
             pass
 
-    def find(self, data: bytes) -> Iterator[tuple[int, list[bytes]]]:
-        """Positions with the keywords found there. RE2 reports matches that do not overlap, so the keywords
-        around each match are listed again by a plain check (`sk_` and `sk_live_` start at the same byte)."""
-        if self._re2 is None:
-            lowered = data.lower()
-            for keyword in self.keywords:
-                at = lowered.find(keyword)
-                while at != -1:
-                    yield at, [keyword]
-                    at = lowered.find(keyword, at + 1)
-            return
-        reach = max(map(len, self.keywords))
-        for match in self._re2.finditer(data):
-            at = match.start()
-            around = data[max(0, at - reach) : at + 2 * reach].lower()
-            yield at, [k for k in self.keywords if k in around]
+    def present(self, data: bytes, lowered: bytes | None = None) -> list[bytes]:
+        if self._set is not None:
+            return [self.keywords[i] for i in self._set.Match(data) or ()]  # None when nothing matches
+        lowered = data.lower() if lowered is None else lowered
+        return [k for k in self.keywords if k in lowered]
 
 
 class SecretDetector:
@@ -131,31 +124,44 @@ class SecretDetector:
 
     def scan(self, data: bytes) -> list[SecretHit]:
         """Every secret in data, one hit per span (the highest-priority rule wins), in file order."""
-        near: dict[int, list[int]] = defaultdict(list)  # rule index -> keyword positions
-        for at, keywords in self._keywords.find(data):
-            for keyword in keywords:
-                for index in self._by_keyword[keyword]:
-                    near[index].append(at)
+        present = self._keywords.present(data)
+        if not present:
+            return []
+        lowered = data.lower()
+        wanted = sorted({index for keyword in present for index in self._by_keyword[keyword]})
         hits: list[SecretHit] = []
         taken: set[tuple[int, int]] = set()
-        for index in sorted(near):  # rules in priority order
+        for index in wanted:  # rules in priority order
             rule, regex = self._rules[index]
-            covered = -1
-            for at in near[index]:
-                if at < covered:
-                    continue
-                start, end = max(0, at - _BEFORE), min(len(data), at + _AFTER)
-                covered = end - _LONGEST
-                for match in regex.finditer(data, start, end):
-                    span = match.span("secret")
-                    if span[1] == end < len(data) or any(span[0] < b and a < span[1] for a, b in taken):
-                        continue  # cut by the window's end, or already claimed by a higher-priority rule
-                    secret = match["secret"].decode("ascii", "replace")
-                    if self._accept(rule, secret):
-                        taken.add(span)
-                        hits.append(SecretHit(rule, secret, *span))
+            for keyword in rule.keywords:
+                self._near(rule, regex, keyword.encode(), data, lowered, hits, taken)
         hits.sort(key=lambda h: h.start)
         return hits
+
+    def _near(
+        self,
+        rule: SecretRule,
+        regex: re.Pattern[bytes],
+        keyword: bytes,
+        data: bytes,
+        lowered: bytes,
+        hits: list[SecretHit],
+        taken: set[tuple[int, int]],
+    ) -> None:
+        """Run the rule's regex on windows around the keyword's occurrences; the search for the next occurrence
+        starts past what a window covered, so a keyword on every line costs one window per window length."""
+        at = lowered.find(keyword)
+        while at != -1:
+            start, end = max(0, at - _BEFORE), min(len(data), at + _AFTER)
+            for match in regex.finditer(data, start, end):
+                span = match.span("secret")
+                if span[1] == end < len(data) or any(span[0] < b and a < span[1] for a, b in taken):
+                    continue  # cut by the window's end, or already claimed by a higher-priority rule
+                secret = match["secret"].decode("ascii", "replace")
+                if self._accept(rule, secret):
+                    taken.add(span)
+                    hits.append(SecretHit(rule, secret, *span))
+            at = lowered.find(keyword, max(at + 1, end - _LONGEST))
 
     @staticmethod
     def _accept(rule: SecretRule, secret: str) -> bool:
