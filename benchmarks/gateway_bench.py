@@ -1,6 +1,6 @@
 """Gateway speed benchmark: what the aiperimeter gateway adds on top of a model server, next to other proxies.
 
-Run: `make bench` (or `.venv/bin/python benchmarks/gateway_bench.py`), about 7 minutes; `--quick` is a one-minute
+Run: `make bench` (or `.venv/bin/python benchmarks/gateway_bench.py`), 8 to 11 minutes; `--quick` is a one-minute
 smoke run; `--help` lists the knobs. The markdown table is printed and written to benchmarks/results/gateway.md.
 `--strict` exits 1 when a target is missed.
 
@@ -9,22 +9,34 @@ Method (that of the anchors in shared/reference/anchors.md, every contestant mea
   process: `POST /v1/chat/completions` gets a fixed 610-byte completion, or with `"stream": true` an SSE stream of
   20 chat.completion.chunk events 5 ms apart.
 - Contestants, each on 127.0.0.1 with an ephemeral port: the mock itself (direct); nginx with a bearer check (if
-  `nginx` is on PATH); bare_proxy.py, a bare aiohttp proxy; the aiperimeter gateway as a real process (a key is
-  created in a temporary data dir); the same with --workers 2; LiteLLM only if importable (else listed as skipped).
-  Each is first checked to relay the mock's exact body and stream with the key, and to answer 401 without it.
+  `nginx` is on PATH); bare_proxy.py, a bare aiohttp proxy; the aiperimeter gateway as a real process (a key
+  without limits is created in a temporary data dir, so the limits stage is skipped: the baseline); the same
+  gateway with a key whose limits are too high ever to refuse (the in-process limiter works on every request);
+  the same in cluster mode, its `--database` a PostgreSQL schema made for this run in the database this script's
+  `--postgres` names (dropped afterwards), its `--redis` this script's (never flushed: the limiter's keys expire by
+  themselves), and the key with those limits created in that schema; the baseline gateway with --workers 2;
+  LiteLLM only if importable (else listed as skipped). Each is first checked to relay the mock's exact body and
+  stream with its key, and to answer 401 without it. Without PostgreSQL or Redis the cluster-mode gateway is
+  listed as skipped.
 - Pinning: the proxy under test on CPU 0; the load generator, this script and the mock on CPU 1. The gateway with
-  two workers gets both CPUs, so its load generator and mock share a CPU with one worker.
+  two workers gets both CPUs, so its load generator and mock share a CPU with one worker. PostgreSQL and Redis are
+  services of the machine, not started here: they are not pinned and run on either CPU, so their work competes
+  with the gateway's and the load generator's. Their CPU (the Redis server and the gateway's PostgreSQL backends,
+  found by application_name) is counted apart, per request, and not as other processes' use.
 - Load: wrk (one thread; a Lua script POSTs the chat request with the key) or, without wrk, a Python client;
   `--warmup` seconds, then `--duration` seconds measured, at 1 and at 32 connections. CPU per request: user + system
   time of the contestant's process tree during the 32-connection run, divided by the requests served.
 - Streaming: 16 keep-alive connections (starts spread over one stream's length) on raw sockets; time from sending
   the request to the arrival of the first event's chunk; median over all requests but each connection's first.
 - Rounds: `--rounds` interleave the contestants; the table shows medians, and "added" figures and ratios are
-  medians of the differences within each round. Other processes' CPU use (from /proc/stat, minus this run's own
+  medians of the differences within each round (the gateway's modes are also compared with the baseline gateway
+  in a table of their own). Other processes' CPU use (from /proc/stat, minus this run's own
   processes) is watched: a measurement they disturbed is taken again while `--patience` seconds last, and the report
   says how disturbed the figures are.
 - Memory: the 1-worker gateway's VmRSS (/proc/PID/status) after a warm-up, and again after `--rss-requests` more
   requests at 32 connections (bounded by `--rss-time-limit`).
+- Answers: each gateway's audit log is tallied by status at the end; anything but 200, the checks' 401s and 499s
+  (requests in flight when a load stopped) is reported, as is any error or non-2xx answer the load generator saw.
 
 Reading the figures on a virtual machine: at 1 connection and for stream first bytes, CPUs sit idle between hops,
 and waking an idle vCPU costs tens to hundreds of microseconds; that cost lands in every proxy's "added" figures.
@@ -47,6 +59,7 @@ import math
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -63,7 +76,10 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import psycopg
 import uvloop
+from psycopg import sql
+from redis import Redis, RedisError
 
 from mock_upstream import BODY as MOCK_BODY
 from mock_upstream import STREAM_EVENTS
@@ -82,6 +98,11 @@ START_TIMEOUT = 30.0
 STOP_TIMEOUT = 15.0  # the gateway drains for up to 10 s on SIGTERM
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 FOREIGN_CPU_LIMIT = 0.05  # other processes using more CPU than this while measuring: the figures are disturbed
+POSTGRES = os.environ.get("AIPERIMETER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+REDIS = os.environ.get("AIPERIMETER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+# The keys of the gateways that run their limits: limits no load here can reach, so the stage works and never refuses.
+HIGH_LIMITS = ["--rpm", "100000000", "--tpm", "1000000000", "--concurrency", "10000"]
+EXPECTED_STATUSES = {200, 401, 499}  # relayed; the checks' requests without a key; in flight when a load stopped
 
 TARGETS = {
     "throughput": 0.50,  # gateway req/s at 32 conns, as a share of the bare proxy's
@@ -115,6 +136,8 @@ class Settings:
     loadgen: str
     output: Path
     strict: bool
+    postgres: str
+    redis: str
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -132,6 +155,18 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--loadgen", choices=("auto", "wrk", "python"), default="auto", help="auto: wrk if on PATH")
     parser.add_argument("--output", type=Path, default=HERE / "results" / "gateway.md", help="markdown report path")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--postgres",
+        default=POSTGRES,
+        help="PostgreSQL for the cluster-mode gateway's keys (a schema is made for the run and dropped after it; "
+        "default $AIPERIMETER_TEST_POSTGRES_URL, else %(default)s); '' leaves that gateway out",
+    )
+    parser.add_argument(
+        "--redis",
+        default=REDIS,
+        help="Redis for the cluster-mode gateway's limits (never flushed; default $AIPERIMETER_TEST_REDIS_URL, "
+        "else %(default)s); '' leaves that gateway out",
+    )
     args = parser.parse_args(argv)
     quick = {"warmup": 1, "duration": 2, "rounds": 1, "stream_requests": 6, "rss_requests": 20_000, "patience": 0.0}
     full = {"warmup": 2, "duration": 5, "rounds": 3, "stream_requests": 30, "rss_requests": 300_000, "patience": 300.0}
@@ -145,7 +180,15 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     elif loadgen == "wrk" and not shutil.which("wrk"):
         parser.error("--loadgen wrk: wrk is not on PATH")
     rss_limit = args.rss_time_limit if args.rss_time_limit is not None else (30.0 if args.quick else 240.0)
-    settings = Settings(**pick, rss_time_limit=rss_limit, loadgen=loadgen, output=args.output, strict=args.strict)
+    settings = Settings(
+        **pick,
+        rss_time_limit=rss_limit,
+        loadgen=loadgen,
+        output=args.output,
+        strict=args.strict,
+        postgres=args.postgres,
+        redis=args.redis,
+    )
     if min(settings.warmup, settings.duration, settings.rounds, settings.stream_requests) < 1:
         parser.error("--warmup, --duration, --rounds and --stream-requests must be at least 1")
     if settings.stream_requests < 2:
@@ -207,15 +250,32 @@ def busy_cpu_seconds() -> float:
     return (user + nice + system + irq + softirq + steal) / CLK_TCK
 
 
-class CpuWatch:
-    """How much CPU processes other than this run's have used since the watch was made: they disturb every figure."""
+Services = Callable[[], list[int]]  # the pids of the service processes (Redis, PostgreSQL backends) a contestant uses
 
-    def __init__(self) -> None:
+
+def services_cpu(services: Services | None) -> dict[int, float]:
+    """CPU seconds of each service process, by pid."""
+    return {pid: cpu_seconds(pid) for pid in services()} if services is not None else {}
+
+
+def services_cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds the service processes used between two readings (a process new in `after` counts whole)."""
+    return sum(max(0.0, seconds - before.get(pid, 0.0)) for pid, seconds in after.items())
+
+
+class CpuWatch:
+    """How much CPU processes other than this run's have used since the watch was made: they disturb every figure.
+    The services a contestant uses (Redis, its PostgreSQL backends) count as this run's while it is measured."""
+
+    def __init__(self, services: Services | None = None) -> None:
+        self.services = services
         self.began, self.busy, self.own = time.monotonic(), busy_cpu_seconds(), cpu_seconds(os.getpid())
+        self.services_before = services_cpu(services)
 
     def foreign_share(self) -> float:
         """Other processes' CPU use, in CPUs (0.25 = a quarter of one CPU on average)."""
         busy, own = busy_cpu_seconds() - self.busy, cpu_seconds(os.getpid()) - self.own
+        own += services_cpu_delta(self.services_before, services_cpu(self.services))
         return max(0.0, busy - own) / max(time.monotonic() - self.began, 1e-9)
 
 
@@ -289,6 +349,7 @@ class Processes:
             with contextlib.suppress(OSError):
                 if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes():
                     os.kill(pid, signal.SIGKILL)
+        self.extra_pids.clear()  # stopped: a second call must not signal pids since reused
 
 
 def wait_port(port: int, proc_alive: Callable[[], bool], timeout: float = START_TIMEOUT) -> None:
@@ -315,6 +376,7 @@ class Sample:
     p50_ms: float | None = None
     p99_ms: float | None = None
     ttfb_ms: float | None = None
+    services_cpu_us: float | None = None  # CPU per request of the services it uses (Redis, PostgreSQL), if any
 
 
 @dataclass
@@ -325,6 +387,9 @@ class Contestant:
     pid: int  # root of the process tree whose CPU is counted
     full: bool = True  # False: only the 32-connection throughput is measured
     samples: list[Sample] = field(default_factory=list)  # one per round
+    token: str = ""  # the key its load sends (the run's common key when empty)
+    services: Services | None = None  # the service processes it uses, whose CPU is counted apart
+    data_dir: Path | None = None  # a gateway's data dir, whose audit log is tallied by status
 
     def values(self, figure: str) -> list[float]:
         return [value for sample in self.samples if (value := getattr(sample, figure)) is not None]
@@ -342,6 +407,11 @@ class Contestant:
 class Skipped:
     label: str
     reason: str
+
+
+BASELINE_LABEL = "aiperimeter gateway, 1 worker (key without limits: limits stage skipped)"
+LIMITS_LABEL = "aiperimeter gateway, 1 worker, limits in process (SQLite keys)"
+CLUSTER_LABEL = "aiperimeter gateway, 1 worker, PostgreSQL keys + Redis limits"
 
 
 def start_mock(procs: Processes, cpus: set[int]) -> Contestant:
@@ -365,23 +435,135 @@ def aiperimeter_cli() -> str:
     return found
 
 
-def create_key(data_dir: Path) -> str:
+def create_key(data_dir: Path, options: list[str] | None = None) -> str:
     argv = [aiperimeter_cli(), "keys", "create", "--name", "bench", "--json", "--data-dir", str(data_dir)]
-    done = subprocess.run(argv, capture_output=True, check=False, timeout=60)
+    done = subprocess.run([*argv, *(options or [])], capture_output=True, check=False, timeout=60)
     if done.returncode != 0:
         raise BenchError(f"aiperimeter keys create failed:\n{done.stderr.decode(errors='replace')}")
     return str(orjson.loads(done.stdout.strip().splitlines()[-1])["secret"])
 
 
-def start_gateway(procs: Processes, cpus: set[int], upstream: int, data_dir: Path, workers: int) -> Contestant:
+def start_gateway(
+    procs: Processes,
+    cpus: set[int],
+    upstream: int,
+    data_dir: Path,
+    key: str,
+    label: str,
+    *,
+    workers: int = 1,
+    options: list[str] | None = None,
+    token: str = "",
+    services: Services | None = None,
+) -> Contestant:
     argv = [aiperimeter_cli(), "gateway", "--upstream", f"http://127.0.0.1:{upstream}", "--kind", "openai"]
-    argv += ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--workers", str(workers)]
-    name = f"gateway-{workers}w"
-    pid = procs.start(name, argv, cpus)
-    port = procs.wait_listening(name)
-    if workers == 1:
-        return Contestant("gateway", "aiperimeter gateway, 1 worker", port, pid)
-    return Contestant(f"gateway{workers}", f"aiperimeter gateway, {workers} workers (both CPUs)", port, pid, False)
+    argv += ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir), "--workers", str(workers), *(options or [])]
+    pid = procs.start(key, argv, cpus)
+    port = procs.wait_listening(key)
+    full = workers == 1  # the 2-worker gateway: only the 32-connection throughput
+    return Contestant(key, label, port, pid, full, token=token, services=services, data_dir=data_dir)
+
+
+def start_limits_gateway(procs: Processes, cpus: set[int], upstream: int, workdir: Path) -> Contestant:
+    """The 1-worker gateway whose key has limits (never reached): the in-process limiter works on every request."""
+    data_dir = workdir / "data-limits"
+    data_dir.mkdir()
+    token = create_key(data_dir, HIGH_LIMITS)
+    return start_gateway(procs, cpus, upstream, data_dir, "limits", LIMITS_LABEL, token=token)
+
+
+def redis_server_pid(url: str) -> int | None:
+    """The Redis server's pid, when it runs on this machine (its CPU is then counted); None when it cannot be seen."""
+    client = Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        pid = int(client.info("server")["process_id"])
+    finally:
+        client.close()
+    with contextlib.suppress(OSError):
+        if Path(f"/proc/{pid}/comm").read_text().startswith("redis"):
+            return pid
+    return None
+
+
+class Cluster:
+    """What the cluster-mode gateway uses: a PostgreSQL schema made for this run (close() drops it) and Redis, which
+    is never flushed (the limiter's buckets expire by themselves, and a request's ticket is deleted when it ends).
+    Both are the machine's services, shared with others: they are not pinned."""
+
+    def __init__(self, postgres: str, redis_url: str) -> None:
+        self.schema = f"aip_bench_{secrets.token_hex(6)}"
+        self.redis_url = redis_url
+        # The gateway's PostgreSQL connections carry the schema's name as application_name: how its backends are
+        # told from other clients' (their CPU is the gateway's doing).
+        query = f"options=-csearch_path%3D{self.schema}&application_name={self.schema}"
+        self.url = f"{postgres}{'&' if '?' in postgres else '?'}{query}"
+        self.admin = psycopg.connect(postgres, autocommit=True, connect_timeout=5, application_name="aip_bench_admin")
+        try:
+            self.admin.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(self.schema)))
+            self.redis_pid = redis_server_pid(redis_url)
+            client = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+            try:
+                redis_version = client.info("server")["redis_version"]
+            finally:
+                client.close()
+        except BaseException:
+            self.close()
+            raise
+        pg_version = self.admin.execute("SHOW server_version").fetchone()
+        self.versions = f"PostgreSQL {pg_version[0].split()[0] if pg_version else '?'}, Redis {redis_version}"
+
+    def services(self) -> list[int]:
+        """The Redis server and the gateway's PostgreSQL backends, those running on this machine."""
+        found = self.admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.schema,)
+        ).fetchall()
+        pids = [self.redis_pid] if self.redis_pid is not None else []
+        for (pid,) in found:
+            with contextlib.suppress(OSError):
+                if Path(f"/proc/{pid}/comm").read_text().startswith("postgres"):
+                    pids.append(int(pid))
+        return pids
+
+    def close(self) -> None:
+        """Drops the schema (after the gateway using it has stopped)."""
+        try:
+            self.admin.execute("SET lock_timeout = '10s'")
+            self.admin.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(self.schema)))
+        except psycopg.Error as exc:
+            log(f"WARNING: could not drop the PostgreSQL schema {self.schema}: {exc}")
+        finally:
+            self.admin.close()
+
+
+def open_cluster(s: Settings) -> Cluster | Skipped:
+    if not s.postgres or not s.redis:
+        return Skipped(CLUSTER_LABEL, "not measured: --postgres or --redis was empty")
+    try:
+        return Cluster(s.postgres, s.redis)
+    except (psycopg.Error, RedisError, OSError) as exc:
+        reason = " ".join(str(exc).split())[:200]
+        return Skipped(CLUSTER_LABEL, f"not measured: PostgreSQL or Redis unavailable ({type(exc).__name__}: {reason})")
+
+
+def start_cluster_gateway(
+    procs: Processes, cpus: set[int], upstream: int, workdir: Path, cluster: Cluster
+) -> Contestant:
+    """The 1-worker gateway in cluster mode: keys in PostgreSQL, limits in Redis; its key has the same limits."""
+    data_dir = workdir / "data-cluster"  # its audit log only
+    data_dir.mkdir()
+    token = create_key(data_dir, [*HIGH_LIMITS, "--database", cluster.url])
+    options = ["--database", cluster.url, "--redis", cluster.redis_url]
+    return start_gateway(
+        procs,
+        cpus,
+        upstream,
+        data_dir,
+        "cluster",
+        CLUSTER_LABEL,
+        options=options,
+        token=token,
+        services=cluster.services,
+    )
 
 
 NGINX_CONF = """
@@ -485,15 +667,15 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes, float
     return status, await reader.readexactly(int(headers[b"content-length"])), first
 
 
-def check_contestant(c: Contestant, token: str) -> None:
-    """The contestant relays the mock's exact answer with the key, and refuses a request without it."""
+def check_contestant(c: Contestant) -> None:
+    """The contestant relays the mock's exact answer with its key, and refuses a request without it."""
 
     def post(body: bytes, auth: bool) -> tuple[int, bytes]:
         conn = http.client.HTTPConnection("127.0.0.1", c.port, timeout=10)
         try:
             headers = {"Content-Type": "application/json"}
             if auth:
-                headers["Authorization"] = f"Bearer {token}"
+                headers["Authorization"] = f"Bearer {c.token}"
             conn.request("POST", PATH, body=body, headers=headers)
             response = conn.getresponse()
             return response.status, response.read()
@@ -542,23 +724,29 @@ end
 
 
 class LoadGenerator:
-    """wrk when available, else a Python keep-alive client; both POST the same chat request with the key."""
+    """wrk when available, else a Python keep-alive client; both POST the same chat request with the given key."""
 
-    def __init__(self, kind: str, workdir: Path, token: str, cpus: set[int]) -> None:
+    def __init__(self, kind: str, workdir: Path, cpus: set[int]) -> None:
         self.kind = kind
-        self.token = token
+        self.workdir = workdir
         self.cpus = cpus
-        self.script = workdir / "bench.lua"
-        self.script.write_text(WRK_SCRIPT.format(body=REQUEST_BODY.decode(), token=token))
+        self.scripts: dict[str, Path] = {}  # a wrk script per key
 
-    def run(self, port: int, connections: int, seconds: int) -> Load:
+    def run(self, port: int, token: str, connections: int, seconds: int) -> Load:
         if self.kind == "wrk":
-            return self._wrk(port, connections, seconds)
-        return uvloop.run(python_load(port, raw_request(port, REQUEST_BODY, self.token), connections, seconds))
+            return self._wrk(port, token, connections, seconds)
+        return uvloop.run(python_load(port, raw_request(port, REQUEST_BODY, token), connections, seconds))
 
-    def _wrk(self, port: int, connections: int, seconds: int) -> Load:
+    def _script(self, token: str) -> Path:
+        if token not in self.scripts:
+            script = self.workdir / f"bench-{len(self.scripts)}.lua"
+            script.write_text(WRK_SCRIPT.format(body=REQUEST_BODY.decode(), token=token))
+            self.scripts[token] = script
+        return self.scripts[token]
+
+    def _wrk(self, port: int, token: str, connections: int, seconds: int) -> Load:
         argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "5s", "--latency"]
-        argv += ["-s", str(self.script), f"http://127.0.0.1:{port}{PATH}"]
+        argv += ["-s", str(self._script(token)), f"http://127.0.0.1:{port}{PATH}"]
         done = subprocess.run(
             argv, capture_output=True, text=True, timeout=seconds + 30, preexec_fn=pin(self.cpus), check=False
         )
@@ -649,19 +837,22 @@ class Quiet:
 
 
 def measure(c: Contestant, load: LoadGenerator, s: Settings) -> Sample:
-    watch = CpuWatch()
+    watch = CpuWatch(c.services)
     one = None
     if c.full:
-        load.run(c.port, 1, s.warmup)
-        one = load.run(c.port, 1, s.duration)
-    load.run(c.port, BUSY_CONNECTIONS, s.warmup)
-    cpu_before = cpu_seconds(c.pid)
-    busy = load.run(c.port, BUSY_CONNECTIONS, s.duration)
-    sample = Sample(busy.rps, (cpu_seconds(c.pid) - cpu_before) / max(busy.requests, 1) * 1e6, busy.errors)
+        load.run(c.port, c.token, 1, s.warmup)
+        one = load.run(c.port, c.token, 1, s.duration)
+    load.run(c.port, c.token, BUSY_CONNECTIONS, s.warmup)
+    cpu_before, services_before = cpu_seconds(c.pid), services_cpu(c.services)
+    busy = load.run(c.port, c.token, BUSY_CONNECTIONS, s.duration)
+    requests = max(busy.requests, 1)
+    sample = Sample(busy.rps, (cpu_seconds(c.pid) - cpu_before) / requests * 1e6, busy.errors)
+    if c.services is not None:
+        sample.services_cpu_us = services_cpu_delta(services_before, services_cpu(c.services)) / requests * 1e6
     if one is not None:
         sample.rps_1, sample.p50_ms, sample.p99_ms = one.rps, one.p50_ms, one.p99_ms
         sample.errors += one.errors
-        sample.ttfb_ms = statistics.median(uvloop.run(stream_ttfb(c.port, load.token, s.stream_requests))) * 1e3
+        sample.ttfb_ms = statistics.median(uvloop.run(stream_ttfb(c.port, c.token, s.stream_requests))) * 1e3
     sample.foreign_cpus = watch.foreign_share()
     return sample
 
@@ -701,7 +892,7 @@ class Memory:
 
 def measure_memory(gateway: Contestant, load: LoadGenerator, s: Settings) -> Memory:
     """Gateway RSS after warm-up, then after `rss_requests` more requests at 32 connections (time-bounded)."""
-    load.run(gateway.port, BUSY_CONNECTIONS, s.warmup)
+    load.run(gateway.port, gateway.token, BUSY_CONNECTIONS, s.warmup)
     watch = CpuWatch()
     start = peak = rss_kib(gateway.pid)
     requests = errors = 0
@@ -712,7 +903,7 @@ def measure_memory(gateway: Contestant, load: LoadGenerator, s: Settings) -> Mem
         budget = s.rss_time_limit - (time.monotonic() - began)
         wanted = math.ceil(remaining / rate) if rate else 2
         seconds = max(1, min(10, wanted, math.floor(budget)))
-        slice_ = load.run(gateway.port, BUSY_CONNECTIONS, seconds)
+        slice_ = load.run(gateway.port, gateway.token, BUSY_CONNECTIONS, seconds)
         requests += slice_.requests
         errors += slice_.errors
         rate = slice_.rps
@@ -738,6 +929,12 @@ def paired(a: Contestant, b: Contestant, figure: str, op: Callable[[float, float
     return statistics.median(values) if values else None
 
 
+def cpu_cell(c: Contestant) -> str:
+    cell = fmt(c.median("cpu_us"), "{:,.0f} µs")
+    services = c.median("services_cpu_us")
+    return cell if services is None else f"{cell} + {services:,.0f} µs in Redis and PostgreSQL"
+
+
 def contestant_row(c: Contestant, direct: Contestant) -> str:
     is_direct = c is direct
     p50, p99, ttfb = c.median("p50_ms"), c.median("p99_ms"), c.median("ttfb_ms")
@@ -752,11 +949,54 @@ def contestant_row(c: Contestant, direct: Contestant) -> str:
         f"{p50:.3f} / {p99:.3f} ms" if p50 is not None and p99 is not None else "-",
         added,
         fmt(c.median("rps_32"), "{:,.0f}"),
-        "-" if is_direct else fmt(c.median("cpu_us"), "{:,.0f} µs"),
+        "-" if is_direct else cpu_cell(c),
         fmt(ttfb, "{:.2f} ms"),
         added_ttfb,
     ]
     return "| " + " | ".join(cells) + " |"
+
+
+def total_cpu(sample: Sample) -> float:
+    return sample.cpu_us + (sample.services_cpu_us or 0.0)
+
+
+def modes_table(by_key: dict[str, Contestant], r: Results) -> list[str]:
+    """What limits and cluster mode add to the baseline gateway, each figure paired within rounds."""
+    base = by_key["gateway"]
+    modes = [c for key in ("limits", "cluster") if (c := by_key.get(key)) is not None]
+    if not modes:
+        return []
+    lines = [
+        "",
+        "What the gateway's modes add to the baseline gateway (same run; medians of the differences within each "
+        "round):",
+        "",
+        "| mode | req/s at 32 conns, share of baseline | added p50 at 1 conn | added CPU per request: gateway "
+        "| CPU per request: Redis and PostgreSQL | added CPU per request, all | added stream first byte |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in modes:
+        totals = [total_cpu(x) - y.cpu_us for x, y in zip(c.samples, base.samples, strict=True)]
+        cells = [
+            c.label,
+            fmt(paired(c, base, "rps_32", truediv), "{:.1%}"),
+            fmt(paired(c, base, "p50_ms", sub), "{:.3f} ms", True),
+            fmt(paired(c, base, "cpu_us", sub), "{:,.0f} µs", True),
+            fmt(c.median("services_cpu_us"), "{:,.0f} µs"),
+            fmt(statistics.median(totals) if totals else None, "{:,.0f} µs", True),
+            fmt(paired(c, base, "ttfb_ms", sub), "{:.2f} ms", True),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if "cluster" in by_key:
+        lines += [
+            "",
+            f"Redis and PostgreSQL ({r.services or 'versions unknown'}) are the machine's own services, shared with "
+            "other work: this benchmark gives them no CPU of their own and does not pin them, so they run on either "
+            "of the two CPUs, wherever the scheduler puts them, and their CPU competes with the gateway's and the "
+            "load generator's. Their CPU per request is the Redis server's and that of the gateway's PostgreSQL "
+            "backends during the 32-connection run; it is not in the gateway's own CPU figure.",
+        ]
+    return lines
 
 
 def target_rows(by_key: dict[str, Contestant], memory: Memory | None) -> list[tuple[str, str, bool]]:
@@ -832,11 +1072,31 @@ def environment(s: Settings, r: Results) -> list[str]:
     ]
 
 
+def statuses_lines(statuses: list[tuple[str, dict[int, int] | None]]) -> list[str]:
+    """The gateways' answers by status, from their audit logs: a warning for any status not expected."""
+    out = []
+    for labels, counts in statuses:
+        if counts is None:
+            out.append(f"- WARNING: no audit log for {labels}: its answers could not be tallied.")
+            continue
+        tally = ", ".join(f"{status}: {count:,}" for status, count in sorted(counts.items()))
+        odd = sorted(set(counts) - EXPECTED_STATUSES)
+        if odd:
+            out.append(f"- WARNING: {labels} answered {', '.join(map(str, odd))} (audit log: {tally}).")
+        else:
+            out.append(f"- Answers of {labels} (audit log): {tally}.")
+    if statuses:
+        out.append("- 401: the checks' requests without a key; 499: requests in flight when a load stopped.")
+    return out
+
+
 def warnings(contestants: list[Contestant], memory: Memory | None) -> list[str]:
     out = [f"- WARNING: {c.label} saw {c.errors:,} errors or non-2xx answers under load." for c in contestants]
     out = [line for line, c in zip(out, contestants, strict=True) if c.errors]
     if memory is not None and memory.errors:
         out.append(f"- WARNING: the memory run saw {memory.errors:,} errors or non-2xx answers.")
+    if not out:
+        out.append("- The load generator saw no errors and no non-2xx answers in any run.")
     worst = max((share for c in contestants for share in c.values("foreign_cpus")), default=0.0)
     if worst > FOREIGN_CPU_LIMIT:
         out.append(
@@ -857,6 +1117,8 @@ class Results:
     elapsed: float
     source: str  # the gateway code measured, as source_state() saw it at the start
     source_changed: bool
+    statuses: list[tuple[str, dict[int, int] | None]]  # (gateways, their audit log's count by status)
+    services: str | None  # PostgreSQL and Redis versions, when the cluster-mode gateway ran
 
 
 def render(r: Results, s: Settings) -> tuple[str, bool]:
@@ -867,7 +1129,8 @@ def render(r: Results, s: Settings) -> tuple[str, bool]:
         "# Gateway speed",
         "",
         "Proxy under test pinned to one CPU, load generator and mock upstream (610-byte completion; SSE stream of "
-        "20 events 5 ms apart) on the other. Latency is at 1 connection; CPU per request is the proxy's, at 32.",
+        "20 events 5 ms apart) on the other. Latency is at 1 connection; CPU per request is the proxy's, at 32. "
+        "The cluster-mode gateway's Redis and PostgreSQL are not pinned (see below).",
         "",
         "| contestant | req/s, 1 conn | p50 / p99 at 1 conn | added p50 / p99 | req/s, 32 conns "
         "| CPU per request | stream: first byte, 16 conns | stream: added first byte |",
@@ -875,6 +1138,7 @@ def render(r: Results, s: Settings) -> tuple[str, bool]:
     ]
     lines += [contestant_row(c, direct) for c in contestants]
     lines += [f"| {sk.label} | {sk.reason} | | | | | | |" for sk in r.skipped]
+    lines += modes_table(by_key, r)
     lines += ["", "| target | measured | result |", "|---|---|---|"]
     rows = target_rows(by_key, memory)
     lines += [f"| {name} | {measured} | {'PASS' if ok else 'FAIL'} |" for name, measured, ok in rows]
@@ -888,6 +1152,7 @@ def render(r: Results, s: Settings) -> tuple[str, bool]:
             f"{memory.foreign_cpus:.2f} CPUs meanwhile."
         )
     lines += warnings(contestants, memory)
+    lines += statuses_lines(r.statuses)
     lines.append(f"- Whole run: {r.elapsed / 60:.1f} min.")
     return "\n".join(lines) + "\n", all(ok for _, _, ok in rows)
 
@@ -896,8 +1161,8 @@ def render(r: Results, s: Settings) -> tuple[str, bool]:
 
 
 def start_all(
-    procs: Processes, workdir: Path, cpus: tuple[set[int], set[int], set[int]]
-) -> tuple[list[Contestant], list[Skipped], str]:
+    procs: Processes, workdir: Path, cpus: tuple[set[int], set[int], set[int]], cluster: Cluster | Skipped
+) -> tuple[list[Contestant], list[Skipped]]:
     proxy_cpus, load_cpus, both = cpus
     os.sched_setaffinity(0, load_cpus)  # this script's stream client and Python load generator
     data_dir = workdir / "data"
@@ -910,15 +1175,47 @@ def start_all(
         direct,
         nginx,
         start_bare(procs, proxy_cpus, upstream, token),
-        start_gateway(procs, proxy_cpus, upstream, data_dir, 1),
-        start_gateway(procs, both, upstream, data_dir, 2),
+        start_gateway(procs, proxy_cpus, upstream, data_dir, "gateway", BASELINE_LABEL),
+        start_limits_gateway(procs, proxy_cpus, upstream, workdir),
+        start_cluster_gateway(procs, proxy_cpus, upstream, workdir, cluster)
+        if isinstance(cluster, Cluster)
+        else cluster,
+        start_gateway(
+            procs,
+            both,
+            upstream,
+            data_dir,
+            "gateway2",
+            "aiperimeter gateway, 2 workers (both CPUs; key without limits)",
+            workers=2,
+        ),
         litellm(),
     ]
     contestants = [c for c in candidates if isinstance(c, Contestant)]
     skipped = [c for c in candidates if isinstance(c, Skipped)]
     for c in contestants:
-        check_contestant(c, token)
-    return contestants, skipped, token
+        c.token = c.token or token
+        check_contestant(c)
+    return contestants, skipped
+
+
+def tally_statuses(contestants: list[Contestant]) -> list[tuple[str, dict[int, int] | None]]:
+    """Each data dir's audit log (the gateways using it, stopped), counted by the status of each request."""
+    by_dir: dict[Path, list[str]] = {}
+    for c in contestants:
+        if c.data_dir is not None:
+            by_dir.setdefault(c.data_dir, []).append(c.label)
+    out: list[tuple[str, dict[int, int] | None]] = []
+    for data_dir, labels in by_dir.items():
+        counts: dict[int, int] | None = None
+        with contextlib.suppress(FileNotFoundError), (data_dir / "audit.jsonl").open("rb") as lines:
+            counts = {}
+            for line in lines:
+                record = orjson.loads(line)
+                if "request_id" in record:
+                    counts[record["status"]] = counts.get(record["status"], 0) + 1
+        out.append((" and ".join(f'"{label}"' for label in labels), counts))
+    return out
 
 
 def run(s: Settings) -> bool:
@@ -926,11 +1223,15 @@ def run(s: Settings) -> bool:
     source, source_time = source_state(), newest_source_change()
     workdir = Path(tempfile.mkdtemp(prefix="aiperimeter-bench-"))
     procs = Processes(workdir)
+    cluster: Cluster | Skipped | None = None
     try:
         cpus = cpu_plan()
-        contestants, skipped, token = start_all(procs, workdir, cpus)
+        cluster = open_cluster(s)
+        if isinstance(cluster, Skipped):
+            log(f"{cluster.label}: {cluster.reason}")
+        contestants, skipped = start_all(procs, workdir, cpus, cluster)
         log(f"started {', '.join(c.key for c in contestants)}; load generator: {s.loadgen}")
-        load = LoadGenerator(s.loadgen, workdir, token, cpus[1])
+        load = LoadGenerator(s.loadgen, workdir, cpus[1])
         quiet = Quiet(s.patience)
         for number in range(1, s.rounds + 1):
             log(f"round {number} of {s.rounds}")
@@ -938,11 +1239,17 @@ def run(s: Settings) -> bool:
         gateway = next(c for c in contestants if c.key == "gateway")
         log(f"memory: driving {s.rss_requests:,} requests through the 1-worker gateway")
         memory = measure_memory(gateway, load, s)
+        procs.stop_all()
+        statuses = tally_statuses(contestants)
     finally:
         procs.stop_all()
+        if isinstance(cluster, Cluster):
+            cluster.close()
         shutil.rmtree(workdir, ignore_errors=True)
     waited, elapsed = s.patience - max(quiet.left, 0), time.monotonic() - began
-    results = Results(contestants, skipped, memory, waited, elapsed, source, newest_source_change() > source_time)
+    services = cluster.versions if isinstance(cluster, Cluster) else None
+    changed = newest_source_change() > source_time
+    results = Results(contestants, skipped, memory, waited, elapsed, source, changed, statuses, services)
     report, passed = render(results, s)
     print(report)
     s.output.parent.mkdir(parents=True, exist_ok=True)
