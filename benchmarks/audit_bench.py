@@ -57,6 +57,20 @@ WRAPPER = (
     "sys.exit(rc)\n"
 )
 
+# What each tool leaves out by design, and how to read the columns; printed under every report.
+NOTES = [
+    "aiperimeter skips .git, dependency folders (node_modules ...), binary files and files over --max-file-size "
+    "(default 64M, so every file of this tree outside those folders is read).",
+    "detect-secrets with --all-files walks everything, node_modules and .git included, and skips files by extension "
+    "and lock files by name; CredSweeper's default config skips /.git/, /node_modules/, *.min.js, package*.json "
+    "and some extensions.",
+    "MB read is rchar (bytes passed through read calls) of the tool's processes minus that of a run on an empty "
+    "folder: it also counts data passed between a tool's own worker processes and files read twice, so it can "
+    "exceed the tree's size.",
+    "A planted key counts as found when the tool reports anything on its line; every tool here labels its findings "
+    "with its own rule names, so a generic entropy or keyword finding counts as much as a named provider key.",
+]
+
 Hit = tuple[str, int, str]  # file relative to the tree, line, what the tool called it
 
 
@@ -73,11 +87,12 @@ class Run:
     error: str = ""
     hits: list[Hit] = field(default_factory=list)
     summary: str = ""  # what the tool says it did, where it says so
+    load: float | None = None  # mean 1-minute load average during the run: other work on the machine shows here
     measured: str = ""
 
 
-def measure(command: list[str], cwd: Path, stdout: Path, timeout: float) -> tuple[float, int, int, bool, int]:
-    """Run command under the io-reporting wrapper: (seconds, peak RSS bytes, rchar, timed out, exit code)."""
+def measure(command: list[str], cwd: Path, stdout: Path, timeout: float) -> tuple[float, int, int, bool, int, float]:
+    """Run command under the io-reporting wrapper: (seconds, peak RSS bytes, rchar, timed out, exit code, load)."""
     io_path = stdout.with_suffix(".io")
     io_path.unlink(missing_ok=True)
     with stdout.open("wb") as out, stdout.with_suffix(".stderr").open("wb") as err:
@@ -90,8 +105,9 @@ def measure(command: list[str], cwd: Path, stdout: Path, timeout: float) -> tupl
             start_new_session=True,  # so a timeout can end the tool's whole process group
         )
         parent = psutil.Process(wrapper.pid)
-        peak, timed_out = 0, False
+        peak, timed_out, loads = 0, False, [os.getloadavg()[0]]
         while wrapper.poll() is None:
+            loads.append(os.getloadavg()[0])
             with contextlib.suppress(psutil.Error):  # a process ended between listing and reading
                 peak = max(peak, sum(p.memory_info().rss for p in parent.children(recursive=True)))
             if time.monotonic() - started > timeout:
@@ -105,7 +121,15 @@ def measure(command: list[str], cwd: Path, stdout: Path, timeout: float) -> tupl
         line.split(": ") for line in (io_path.read_text().splitlines() if io_path.exists() else []) if ": " in line
     )
     peak = max(peak, int(counters.get("maxrss", 0)) * 1024)
-    return seconds, peak, int(counters.get("rchar", 0)), timed_out, wrapper.returncode
+    return seconds, peak, int(counters.get("rchar", 0)), timed_out, wrapper.returncode, sum(loads) / len(loads)
+
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.machine()
 
 
 def output(command: list[str]) -> str:
@@ -185,9 +209,9 @@ def run_tool(tool: str, tree: Path, out: Path, parameters: dict[str, object], ti
     run = Run(tool, version, command, parameters, measured=time.strftime("%Y-%m-%d %H:%M"))
     stdout = out / "runs" / f"{tool}.out"
     with tempfile.TemporaryDirectory() as empty:  # what the tool reads to start at all: its code and libraries
-        _, _, baseline, _, _ = measure(command, Path(empty), stdout, timeout)
+        baseline = measure(command, Path(empty), stdout, timeout)[2]
     print(f"running {tool}: {' '.join(command)}", file=sys.stderr)
-    run.seconds, run.peak_rss, rchar, run.timed_out, code = measure(command, tree, stdout, timeout)
+    run.seconds, run.peak_rss, rchar, run.timed_out, code, run.load = measure(command, tree, stdout, timeout)
     run.read_bytes = max(rchar - baseline, 0)
     if not run.timed_out:
         try:
@@ -241,7 +265,7 @@ def report(runs: list[Run], truth: dict[str, object], tree: Path, notes: list[st
     lines = [
         "# Secret-scanning benchmark: aiperimeter audit vs detect-secrets and CredSweeper",
         "",
-        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores ({platform.processor() or platform.machine()}), "
+        f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores ({cpu_model()}), "
         f"Python {platform.python_version()}, `benchmarks/audit_bench.py {invocation}`",
         "",
         f"Tree: `{tree}`, {truth['files']:,} files, {total / 1e6:.1f} MB, of which node_modules "
@@ -278,7 +302,8 @@ def report(runs: list[Run], truth: dict[str, object], tree: Path, notes: list[st
         ]
     lines += ["", "Commands, each run from the tree's root:", ""]
     for run in runs:
-        measured = f" (measured {run.measured})" if run.measured else ""
+        load = f", mean load average {run.load:.1f}" if run.load is not None else ""
+        measured = f" (measured {run.measured}{load})" if run.measured else ""
         lines.append(f"- {run.tool}{measured}: `{Path(run.command[0]).name} {' '.join(run.command[1:])}`")
     for run in runs:
         s = scores[run.tool]
@@ -293,7 +318,8 @@ def report(runs: list[Run], truth: dict[str, object], tree: Path, notes: list[st
         keys_per_provider = Counter(str(k["provider"]) for k in truth["keys"])  # type: ignore[attr-defined]
         misses = ", ".join(f"{p} {n}/{keys_per_provider[p]}" for p, n in by_provider.most_common()) or "none"
         lines.append(f"- missed keys by provider: {misses}")
-        by_format = Counter(f"{k['provider']} in {k['format']} `{k['context']}`" for k in s.missed)
+        context = {id(k): " ".join(str(k["context"]).split()) for k in s.missed}  # curl and k8s span lines
+        by_format = Counter(f"{k['provider']} in {k['format']} `{context[id(k)]}`" for k in s.missed)
         for what, n in by_format.most_common(12):
             lines.append(f"  - {n} x {what}")
         if run.tool == "aiperimeter":  # ours in full, to look at
@@ -311,8 +337,7 @@ def report(runs: list[Run], truth: dict[str, object], tree: Path, notes: list[st
             if run.tool == "aiperimeter":
                 for file, line, label in s.other[:10]:
                     lines.append(f"  - `{file}:{line}` {label}")
-    if notes:
-        lines += ["", "Notes:", "", *[f"- {n}" for n in notes]]
+    lines += ["", "Notes:", "", *[f"- {n}" for n in [*notes, *NOTES]]]
     return "\n".join(lines) + "\n"
 
 

@@ -459,6 +459,15 @@ def _remote_change(remote: Remote, key_id: str, action: str, body: dict[str, obj
     return doc
 
 
+def _local_or_remote(
+    remote: Remote | None, key_id: str, where: tuple[Any, str | None, str | None], action: str, apply: Any
+) -> dict[str, Any]:
+    """A lifecycle change without arguments, through the admin API when given a server, else through the store."""
+    if remote is not None:
+        return _remote_change(remote, key_id, action)
+    return _change(key_id, where, action, apply).public(time.time())
+
+
 def _done(doc: dict[str, Any], json_out: bool, message: str) -> None:
     if json_out:
         typer.echo(orjson.dumps(doc).decode())
@@ -479,13 +488,13 @@ def revoke(
 ) -> None:
     """Revoke a key, for good. Running gateways refuse it within a second (milliseconds with --redis)."""
     remote = _remote(server, admin_key, ca_cert)
-    if remote is not None:
-        doc = _remote_change(remote, key_id, "revoke")
-    else:
-        record = _change(
-            key_id, (data_dir, database, redis), "revoke", lambda store, actor: store.revoke(key_id, time.time(), actor)
-        )
-        doc = record.public(time.time())
+    doc = _local_or_remote(
+        remote,
+        key_id,
+        (data_dir, database, redis),
+        "revoke",
+        lambda store, actor: store.revoke(key_id, time.time(), actor),
+    )
     _done(doc, json_out, f"Revoked key {key_id} ({doc['name']}).")
 
 
@@ -542,16 +551,13 @@ def suspend(
 ) -> None:
     """Refuse a key until it is resumed (reversible, unlike revoke)."""
     remote = _remote(server, admin_key, ca_cert)
-    if remote is not None:
-        doc = _remote_change(remote, key_id, "suspend")
-    else:
-        record = _change(
-            key_id,
-            (data_dir, database, redis),
-            "suspend",
-            lambda store, actor: store.suspend(key_id, time.time(), actor),
-        )
-        doc = record.public(time.time())
+    doc = _local_or_remote(
+        remote,
+        key_id,
+        (data_dir, database, redis),
+        "suspend",
+        lambda store, actor: store.suspend(key_id, time.time(), actor),
+    )
     _done(doc, json_out, f"Suspended key {key_id} ({doc['name']}); 'aiperimeter keys resume {key_id}' undoes it.")
 
 
@@ -568,11 +574,7 @@ def resume(
 ) -> None:
     """Accept a suspended key again."""
     remote = _remote(server, admin_key, ca_cert)
-    if remote is not None:
-        doc = _remote_change(remote, key_id, "resume")
-    else:
-        record = _change(
-            key_id, (data_dir, database, redis), "resume", lambda store, actor: store.resume(key_id, actor)
-        )
-        doc = record.public(time.time())
+    doc = _local_or_remote(
+        remote, key_id, (data_dir, database, redis), "resume", lambda store, actor: store.resume(key_id, actor)
+    )
     _done(doc, json_out, f"Resumed key {key_id} ({doc['name']}).")
