@@ -55,8 +55,9 @@ def public_pem(private: Any) -> bytes:
 
 
 def claims(**overrides: Any) -> dict[str, Any]:
+    # Valid for a day: parametrized tokens are built when the suite is collected, minutes before they are used.
     now = int(time.time())
-    payload: dict[str, Any] = {"iss": ISS, "aud": AUD, "sub": SUB, "iat": now, "exp": now + 300}
+    payload: dict[str, Any] = {"iss": ISS, "aud": AUD, "sub": SUB, "iat": now, "exp": now + 86400}
     for name, value in overrides.items():
         if value is None:
             payload.pop(name, None)
