@@ -75,6 +75,21 @@ class UnsupportedMediaType(Deny):
     type = "invalid_request_error"
 
 
+class NotFound(Deny):
+    status = 404
+    type = "invalid_request_error"
+
+
+class MethodNotAllowed(Deny):
+    status = 405
+    type = "invalid_request_error"
+
+
+class Conflict(Deny):
+    status = 409
+    type = "invalid_request_error"
+
+
 class RateLimited(Deny):
     status = 429
     type = "rate_limit_error"

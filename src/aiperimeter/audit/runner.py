@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
-from aiperimeter.audit.configs import ConfigParseError, classify, expose, read_env_text, subjects
+from aiperimeter.audit.configs import MAX_CONFIG_BYTES, ConfigParseError, classify, expose, read_env_text, subjects
 from aiperimeter.audit.files import DEFAULT_MAX_BYTES, SourceFile, WalkStats, git_root, staged, tracked_files, walk
 from aiperimeter.audit.findings import AuditFinding, AuditResult, fingerprint
 from aiperimeter.audit.listeners import ListenerAudit, listening
@@ -129,12 +129,12 @@ class Auditor:
                 self._secret(source, lines, hit)
         if not self.options.config or not _looks_like_config(source.path, source.data):
             return
+        if len(source.data) > MAX_CONFIG_BYTES:
+            self.result.skipped["over 2 MB: not parsed as configuration"] += 1
+            return
         text = source.data.decode("utf-8", "replace")
         kind = classify(source.path, text)
         if kind is None:
-            return
-        if len(source.data) > 2 * 1024 * 1024:
-            self.result.skipped["configuration too large to parse"] += 1
             return
         try:
             found = subjects(kind, source.path, text)

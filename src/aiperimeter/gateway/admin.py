@@ -46,10 +46,12 @@ from aiperimeter.errors import (
     BackendUnavailable,
     BadRequest,
     ConfigError,
-    Deny,
+    Conflict,
     Forbidden,
     HTTPFailure,
     InternalError,
+    MethodNotAllowed,
+    NotFound,
     PayloadTooLarge,
     Unauthenticated,
     UnsupportedMediaType,
@@ -82,21 +84,6 @@ ACTIONS = ("revoke", "rotate", "suspend", "resume")
 _HEADERS = {"Server": SERVER_HEADER, "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
 _FIELD = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 HOW = "The admin API takes an aiperimeter key with the admin scope, as 'Authorization: Bearer aip_...'."
-
-
-class NotFound(Deny):
-    status = 404
-    type = "invalid_request_error"
-
-
-class MethodNotAllowed(Deny):
-    status = 405
-    type = "invalid_request_error"
-
-
-class Conflict(Deny):
-    status = 409
-    type = "invalid_request_error"
 
 
 # --- settings ---------------------------------------------------------------------------------------------------

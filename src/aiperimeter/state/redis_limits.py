@@ -247,7 +247,7 @@ class RedisLimiter:
                 result = await script(keys=keys, args=args)
         except (RedisError, OSError, TimeoutError) as exc:
             if self.available:
-                log.warning("limits store unavailable (%s): limited requests fail until it is back", type(exc).__name__)
+                log.warning("limits store unavailable (%s)", type(exc).__name__)
             self.available = False
             raise BackendUnavailable("limits_unavailable", "The rate limit store is unavailable.") from exc
         if not self.available:

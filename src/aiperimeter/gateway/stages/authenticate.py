@@ -42,6 +42,9 @@ def presented_key(headers: CIMultiDictProxy[str]) -> str:
     return candidates[0]
 
 
+_STATUS_CODES = frozenset({"key_revoked", "key_expired", "key_suspended"})
+
+
 def usable(record: KeyRecord | None, secret_hash: str, now: float) -> KeyRecord:
     """The key this hash opens, if it may be used now; else Unauthenticated saying why. Shared with the admin API."""
     if record is None:
@@ -83,6 +86,9 @@ class Authenticate(Stage):
             if parse_key(token) is None:
                 raise Unauthenticated("malformed_credentials", f"The API key is not an aiperimeter key. {HOW}")
             record = await self.keys.lookup(secret_hash)
-        if record is not None and record.accepts(secret_hash, time.time()):
-            ex.key = record  # a refusal for its status still names the key (its public id) in the audit record
-        ex.key = usable(record, secret_hash, time.time())
+        try:
+            ex.key = usable(record, secret_hash, time.time())
+        except Unauthenticated as refusal:
+            if refusal.code in _STATUS_CODES:
+                ex.key = record  # refused for its status: the audit record still names the key (its public id)
+            raise

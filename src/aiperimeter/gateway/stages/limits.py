@@ -149,7 +149,8 @@ class Limit(Stage):
             )
         ex.reservation = Reservation(limiter, subjects, estimate)
         ex.extra_headers = headers
-        self.in_flight[ex.request_id] = (limiter, subjects)
+        if any(limits.concurrency for _, limits in subjects):  # only leases need renewing
+            self.in_flight[ex.request_id] = (limiter, subjects)
 
     async def on_finish(self, ex: Exchange, outcome: Outcome) -> None:
         reservation: Reservation | None = ex.reservation
@@ -178,8 +179,6 @@ class Limit(Stage):
             await asyncio.sleep(every)
             groups: dict[tuple[int, str], tuple[Limiter, list[tuple[str, Limits]], list[str]]] = {}
             for request_id, (limiter, subjects) in list(self.in_flight.items()):
-                if not any(lim.concurrency for _, lim in subjects):
-                    continue
                 key = (id(limiter), repr(subjects))
                 groups.setdefault(key, (limiter, subjects, []))[2].append(request_id)
             for limiter, subjects, ids in groups.values():
