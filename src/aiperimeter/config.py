@@ -119,6 +119,9 @@ class GatewaySettings(BaseModel):
     redis: Secret | None = None  # redis://... for cluster-wide limits and revocation pushed to every replica
     # --- admin API (aiperimeter.gateway.admin): HOST:PORT of a separate key-management listener; off unless set ---
     admin_listen: str | None = None
+    # --- tool policy (aiperimeter.policy): a folder of NAME.yaml policies; keys and JWT claims name one ---
+    tool_policies: Path | None = None
+    default_tool_policy: str | None = None  # for keys and tokens that name none; None: their tools are unrestricted
 
     @field_validator("upstream")
     @classmethod
@@ -181,6 +184,12 @@ class GatewaySettings(BaseModel):
             raise ValueError("tls_cert and tls_key go together: give both or neither")
         return self
 
+    @model_validator(mode="after")
+    def _default_policy(self) -> GatewaySettings:
+        if self.default_tool_policy is not None and self.tool_policies is None:
+            raise ValueError("default_tool_policy needs tool_policies: the folder the policy is loaded from")
+        return self
+
     @property
     def listen_host(self) -> str:
         return split_host_port(self.listen)[0]
@@ -208,6 +217,8 @@ _ENV_FIELDS = {
     "DATABASE": "database",
     "REDIS": "redis",
     "ADMIN_LISTEN": "admin_listen",  # admin API
+    "TOOL_POLICIES": "tool_policies",
+    "DEFAULT_TOOL_POLICY": "default_tool_policy",
 }
 
 

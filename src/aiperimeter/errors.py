@@ -65,6 +65,14 @@ class Forbidden(Deny):
     status = 403
 
 
+class ToolCallBlocked(Forbidden):
+    """The tool policy refused a tool in the request, or a call in the response. Carries the decision taken."""
+
+    def __init__(self, code: str, message: str, decision: object = None) -> None:
+        super().__init__(code, message)
+        self.decision = decision
+
+
 class PayloadTooLarge(Deny):
     status = 413
     type = "invalid_request_error"

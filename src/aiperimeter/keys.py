@@ -29,6 +29,7 @@ _B62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 KEY_RE = re.compile(rf"aip_([a-z2-7]{{{ID_LEN}}})_([0-9A-Za-z]{{{SECRET_LEN}}})([0-9A-Za-z]{{{CHECK_LEN}}})")
 ID_RE = re.compile(rf"[a-z2-7]{{{ID_LEN}}}")
+POLICY_NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # a tool policy's name, which is its file's name
 
 KeyStatus = Literal["active", "expired", "revoked", "suspended"]
 ADMIN_SCOPE = "admin"
@@ -102,6 +103,7 @@ class KeyRecord:
     rpm: int | None = None
     tpm: int | None = None
     concurrency: int | None = None
+    tool_policy: str | None = None  # the name of the tool policy this key's calls are held to (None: no policy)
 
     def status(self, now: float) -> KeyStatus:
         if self.revoked_at is not None and self.revoked_at <= now:
@@ -138,6 +140,7 @@ class KeyRecord:
             "suspended_at": self.suspended_at,
             "rotation_grace_until": self.previous_until if self.previous_until and self.previous_until > now else None,
             "limits": {"rpm": self.rpm, "tpm": self.tpm, "concurrency": self.concurrency},
+            "tool_policy": self.tool_policy,
         }
 
 
@@ -151,6 +154,7 @@ def new_key(
     rpm: int | None = None,
     tpm: int | None = None,
     concurrency: int | None = None,
+    tool_policy: str | None = None,
 ) -> tuple[KeyRecord, str]:
     """A fresh key: the record to store and the secret to hand over once."""
     key_id, secret = generate_key()
@@ -165,6 +169,7 @@ def new_key(
         rpm=rpm,
         tpm=tpm,
         concurrency=concurrency,
+        tool_policy=tool_policy,
     )
     return record, secret
 

@@ -14,6 +14,7 @@ import orjson
 import psycopg
 import pytest
 
+from aiperimeter.state.postgres import LATEST
 from tests.integration.conftest import in_schema
 
 PASSWORD = "Zq7-not-a-real-pw-91x"  # must never be printed
@@ -47,33 +48,43 @@ def assert_clean_failure(result: subprocess.CompletedProcess[str]) -> None:
 def test_postgres_status_and_upgrade_on_a_fresh_schema(schema_url: str) -> None:
     before = db("status", "--database", schema_url, "--json")
     assert before.returncode == 0, before.stderr
-    assert orjson.loads(before.stdout) | {"database": None} == {"database": None, "current": 0, "latest": 2}
+    assert orjson.loads(before.stdout) | {"database": None} == {"database": None, "current": 0, "latest": LATEST}
     assert "run 'aiperimeter db upgrade'" in db("status", "--database", schema_url).stdout
 
     upgraded = db("upgrade", "--database", schema_url)
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "before:   0" in upgraded.stdout and "after:    2" in upgraded.stdout
+    assert "before:   0" in upgraded.stdout and f"after:    {LATEST}" in upgraded.stdout
 
     again = db("upgrade", "--database", schema_url, "--json")
     assert again.returncode == 0, again.stderr
-    assert {k: v for k, v in orjson.loads(again.stdout).items() if k != "database"} == {"before": 2, "after": 2}
+    assert {k: v for k, v in orjson.loads(again.stdout).items() if k != "database"} == {
+        "before": LATEST,
+        "after": LATEST,
+    }
 
     after = db("status", "--json", env={"AIPERIMETER_DATABASE": schema_url})  # the URL from the environment
     assert after.returncode == 0, after.stderr
-    assert {k: v for k, v in orjson.loads(after.stdout).items() if k != "database"} == {"current": 2, "latest": 2}
+    assert {k: v for k, v in orjson.loads(after.stdout).items() if k != "database"} == {
+        "current": LATEST,
+        "latest": LATEST,
+    }
     with psycopg.connect(schema_url) as conn:
-        assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")] == [1, 2]
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_version ORDER BY version")] == list(
+            range(1, LATEST + 1)
+        )
 
 
 def test_postgres_newer_database_is_refused(schema_url: str) -> None:
     assert db("upgrade", "--database", schema_url).returncode == 0
     with psycopg.connect(schema_url, autocommit=True) as conn:
-        conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)", (3, time.time()))
+        conn.execute("INSERT INTO schema_version (version, applied_at) VALUES (%s, %s)", (LATEST + 1, time.time()))
     refused = db("upgrade", "--database", schema_url)
     assert_clean_failure(refused)
     assert "upgrade aiperimeter" in refused.stderr
     status = db("status", "--database", schema_url)
-    assert status.returncode == 0 and "current:  3" in status.stdout and "upgrade aiperimeter" in status.stdout
+    assert (
+        status.returncode == 0 and f"current:  {LATEST + 1}" in status.stdout and "upgrade aiperimeter" in status.stdout
+    )
 
 
 def test_postgres_password_is_redacted_in_output(schema_url: str) -> None:
@@ -120,14 +131,14 @@ def test_unreachable_database_exits_2_quickly_without_the_password(command: str)
 def test_sqlite_status_and_upgrade(tmp_path: Path) -> None:
     fresh = db("status", "--data-dir", str(tmp_path), "--json")
     assert fresh.returncode == 0, fresh.stderr
-    assert orjson.loads(fresh.stdout) == {"database": str(tmp_path / "aiperimeter.db"), "current": 0, "latest": 2}
+    assert orjson.loads(fresh.stdout) == {"database": str(tmp_path / "aiperimeter.db"), "current": 0, "latest": LATEST}
     assert not (tmp_path / "aiperimeter.db").exists()  # status changes nothing
 
     upgraded = db("upgrade", "--data-dir", str(tmp_path))
     assert upgraded.returncode == 0, upgraded.stderr
-    assert "before:   0" in upgraded.stdout and "after:    2" in upgraded.stdout
+    assert "before:   0" in upgraded.stdout and f"after:    {LATEST}" in upgraded.stdout
     done = db("status", "--data-dir", str(tmp_path), "--json")
-    assert orjson.loads(done.stdout)["current"] == 2
+    assert orjson.loads(done.stdout)["current"] == LATEST
 
 
 def test_sqlite_newer_store_is_refused(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ DATA = Path(__file__).parent / "data"
 SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-def _describe(error: ValidationError) -> str:
+def describe_error(error: ValidationError) -> str:
     parts = []
     for item in error.errors()[:5]:
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
@@ -39,7 +39,7 @@ def load_entry(path: Path, model: type[Entry]) -> Entry:
     try:
         entry = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc), source=str(path)) from None
+        raise ConfigError(describe_error(exc), source=str(path)) from None
     entry_id = getattr(entry, "id", None)
     if entry_id != path.stem:
         raise ConfigError(f"the id {entry_id!r} must match the file name", source=str(path), field="id")

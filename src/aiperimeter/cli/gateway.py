@@ -66,6 +66,17 @@ def gateway(
             show_default=False,
         ),
     ] = None,
+    tool_policies: Annotated[
+        Path | None,
+        typer.Option(
+            "--tool-policies",
+            help="Folder of tool policies (NAME.yaml each); keys created with --tool-policy NAME are held to them.",
+        ),
+    ] = None,
+    default_tool_policy: Annotated[
+        str | None,
+        typer.Option("--default-tool-policy", help="The policy for keys and tokens that name none."),
+    ] = None,
     config: Annotated[Path | None, typer.Option("--config", help="YAML settings file (see the README).")] = None,
     data_dir: DataDir = None,
 ) -> None:
@@ -83,12 +94,15 @@ def gateway(
             "database": database,
             "redis": redis,
             "admin_listen": admin_listen,
+            "tool_policies": tool_policies,
+            "default_tool_policy": default_tool_policy,
         },
     )
     # Imported here: the server stack is heavy, and every other command starts faster without it.
-    from aiperimeter.gateway.app import exposure_warning
+    from aiperimeter.gateway.app import exposure_warning, load_tool_policies
     from aiperimeter.gateway.server import run
 
+    policies = load_tool_policies(settings)  # an invalid policy stops the start here, with its file and field
     warning = exposure_warning(settings)
     if warning:
         err_console.print(f"[bold yellow]{warning}[/]", soft_wrap=True)
@@ -96,6 +110,12 @@ def gateway(
         f"upstream {settings.upstream} (kind {settings.kind}); keys and audit log in {settings.data_dir}",
         soft_wrap=True,
     )
+    if settings.tool_policies is not None:
+        default = f"; default {settings.default_tool_policy}" if settings.default_tool_policy else ""
+        err_console.print(
+            f"tool policies from {settings.tool_policies}: {', '.join(policies.names()) or 'none'}{default}",
+            soft_wrap=True,
+        )
     run(settings)
 
 

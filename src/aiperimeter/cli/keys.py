@@ -31,7 +31,7 @@ from aiperimeter import __version__
 from aiperimeter.cli.common import DataDir, console, err_console, fail, parse_duration
 from aiperimeter.config import default_data_dir
 from aiperimeter.hosts import is_loopback_host
-from aiperimeter.keys import ID_RE, KNOWN_SCOPES, KeyRecord, new_key, new_secret, parse_key
+from aiperimeter.keys import ID_RE, KNOWN_SCOPES, POLICY_NAME_RE, KeyRecord, new_key, new_secret, parse_key
 from aiperimeter.state.base import KeyStore, open_key_store
 
 app = typer.Typer(
@@ -275,6 +275,14 @@ def create(
     concurrency: Annotated[
         int | None, typer.Option("--concurrency", min=1, help="Requests at once. Default: the gateway's.")
     ] = None,
+    tool_policy: Annotated[
+        str | None,
+        typer.Option(
+            "--tool-policy",
+            help="Hold this key's tool calls to the named policy (a NAME.yaml in the gateway's --tool-policies "
+            "folder). Default: the gateway's default policy, if any.",
+        ),
+    ] = None,
     json_out: Json = False,
     data_dir: DataDir = None,
     database: Database = None,
@@ -290,6 +298,8 @@ def create(
         fail(f"unknown scope {', '.join(sorted(unknown))}; known scopes: {', '.join(sorted(KNOWN_SCOPES))}")
     lifetime = parse_duration(expires) if expires else None
     model_names = _split(models)
+    if tool_policy is not None and not POLICY_NAME_RE.fullmatch(tool_policy):
+        fail("--tool-policy takes a policy name: lowercase letters, digits and _ . - (the file name without .yaml)")
     remote = _remote(server, admin_key, ca_cert)
     if remote is not None:
         doc: dict[str, Any] = remote.call(
@@ -303,6 +313,7 @@ def create(
                 "rpm": rpm,
                 "tpm": tpm,
                 "concurrency": concurrency,
+                "tool_policy": tool_policy,
             },
         )
     else:
@@ -316,6 +327,7 @@ def create(
             rpm=rpm,
             tpm=tpm,
             concurrency=concurrency,
+            tool_policy=tool_policy,
         )
         actor = _actor()
 
@@ -364,7 +376,10 @@ def list_keys(
     if json_out:
         typer.echo(orjson.dumps(entries).decode())
         return
-    table = Table("id", "name", "status", "scopes", "models", "limits", "created", "expires", "old secret valid until")
+    table = Table(
+        "id", "name", "status", "scopes", "models", "limits", "tool policy", "created", "expires",
+        "old secret valid until",
+    )  # fmt: skip
     for e in entries:
         limits = ", ".join(
             f"{n} {e['limits'][k]}"
@@ -378,6 +393,7 @@ def list_keys(
             ",".join(e["scopes"]) or "-",
             ",".join(e["models"]) if e["models"] is not None else "all",
             limits or "default",
+            e.get("tool_policy") or "-",
             _when(e["created_at"]),
             _when(e["expires_at"]),
             _when(e["rotation_grace_until"]) if e["rotation_grace_until"] else "-",

@@ -12,7 +12,8 @@ Routes (JSON, errors in the OpenAI envelope):
 
     GET  /admin/healthz
     GET  /admin/keys                    {"object": "list", "data": [key, ...]}
-    POST /admin/keys                    {name, models, scopes, expires_in, rpm, tpm, concurrency} -> key + secret
+    POST /admin/keys                    {name, models, scopes, expires_in, rpm, tpm, concurrency, tool_policy}
+                                        -> key + secret
     GET  /admin/keys/{id}
     POST /admin/keys/{id}/revoke
     POST /admin/keys/{id}/rotate        {grace} (seconds the old secret keeps working) -> key + new secret
@@ -66,6 +67,7 @@ from aiperimeter.keys import (
     ID_RE,
     KEY_RE,
     KNOWN_SCOPES,
+    POLICY_NAME_RE,
     KeyRecord,
     hash_key,
     new_key,
@@ -131,6 +133,7 @@ class CreateKey(BaseModel):
     rpm: int | None = Field(None, ge=1, le=MAX_LIMIT)
     tpm: int | None = Field(None, ge=1, le=MAX_LIMIT)
     concurrency: int | None = Field(None, ge=1, le=MAX_LIMIT)
+    tool_policy: str | None = Field(None, pattern=POLICY_NAME_RE.pattern)
 
     @field_validator("name")
     @classmethod
@@ -356,7 +359,14 @@ class AdminAPI:
             rpm=spec.rpm,
             tpm=spec.tpm,
             concurrency=spec.concurrency,
+            tool_policy=spec.tool_policy,
         )
+        if spec.tool_policy is not None and self.gateway.policies.get(spec.tool_policy) is None:
+            raise BadRequest(
+                "unknown_tool_policy",
+                f"This gateway has no tool policy named {spec.tool_policy!r}; loaded: "
+                + (", ".join(self.gateway.policies.names()) or "none (start it with --tool-policies DIR)"),
+            )
         await self.gateway.store.add(record, actor)
         await self._done("create", record, actor)
         return _json(201, {**record.public(time.time()), "secret": secret})

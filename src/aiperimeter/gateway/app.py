@@ -27,8 +27,11 @@ from aiperimeter.gateway.stages.host_guard import HostGuard
 from aiperimeter.gateway.stages.limits import Limit
 from aiperimeter.gateway.stages.request_body import RequestBody
 from aiperimeter.gateway.stages.route_policy import RoutePolicy
+from aiperimeter.gateway.stages.tool_policy import ToolPolicy
 from aiperimeter.gateway.upstream import credential_header, new_session
 from aiperimeter.hosts import is_loopback_host
+from aiperimeter.policy.engine import PolicySet
+from aiperimeter.policy.loader import load_policies
 from aiperimeter.state.base import KeyStore, open_key_store
 from aiperimeter.state.bus import RedisBus, RevocationBus
 from aiperimeter.state.limits import Limiter, MemoryLimiter
@@ -57,6 +60,7 @@ def build_pipeline(
     sink: AuditSink,
     limit: Limit,
     jwt: JWTVerifier | None = None,
+    policies: PolicySet | None = None,
 ) -> Pipeline:
     """The gateway's stages, in the order every request meets them:
 
@@ -65,9 +69,12 @@ def build_pipeline(
     3. route_policy  - method and exact path on the upstream kind's allowlist; admin routes need the admin scope
     4. request_body  - body read within its limit, JSON parsed once, the key's model scope enforced
     5. limits        - requests, tokens (reserved, settled at the end) and concurrency, per key and overall
-    6. forward       - the authorised path sent upstream, the response relayed chunk by chunk
-    7. account       - token usage read from the response events
-    8. audit_log     - one record per request, whatever happened
+    6. tool_policy   - declared and forced tools and returned tool results held to the key's tool policy
+    7. forward       - the authorised path sent upstream, the response relayed chunk by chunk; under a tool policy
+                       through its wire format's guard: each call held until complete, then judged and released,
+                       stripped or blocked
+    8. account       - token usage read from the response events
+    9. audit_log     - one record per request, whatever happened, with every tool-call decision
     """
     forward = Forward(
         session,
@@ -82,6 +89,7 @@ def build_pipeline(
         RoutePolicy(RouteTable.for_kind(settings.kind), settings.kind),
         RequestBody(settings.max_body_bytes, settings.timeouts.client_idle),
         limit,
+        ToolPolicy(policies or PolicySet(), settings.default_tool_policy),
         forward,
         Account(),
         AuditLog(sink),
@@ -99,6 +107,20 @@ async def require_credentials(store: KeyStore, settings: GatewaySettings) -> Non
             f"    aiperimeter keys create --name my-app --data-dir {settings.data_dir}",
             source=str(settings.data_dir),
         )
+
+
+def load_tool_policies(settings: GatewaySettings) -> PolicySet:
+    if settings.tool_policies is None:
+        return PolicySet()
+    policies = load_policies(settings.tool_policies)
+    default = settings.default_tool_policy
+    if default is not None and policies.get(default) is None:
+        raise ConfigError(
+            f"no policy named {default!r} in {settings.tool_policies}; choose one of: "
+            + (", ".join(policies.names()) or "(the folder has none)"),
+            field="default_tool_policy",
+        )
+    return policies
 
 
 def exposure_warning(settings: GatewaySettings) -> str | None:
@@ -182,9 +204,11 @@ class Gateway:
         )
         self._bus_task: asyncio.Task[None] | None = None
         self.jwt = JWTVerifier(settings.jwt) if settings.jwt is not None else None
+        self.policies = load_tool_policies(settings)
 
     async def start(self) -> web.Server:
         await require_credentials(self.store, self.settings)
+        await self._warn_unknown_policies()
         await self.keys.start()
         if self.jwt is not None:
             await self.jwt.start()
@@ -196,7 +220,9 @@ class Gateway:
             )
         self.limit.start(self.settings.limits.lease)
         self.session = new_session(self.settings)
-        self.pipeline = build_pipeline(self.settings, self.keys, self.session, self.sink, self.limit, self.jwt)
+        self.pipeline = build_pipeline(
+            self.settings, self.keys, self.session, self.sink, self.limit, self.jwt, self.policies
+        )
         handle = self.pipeline.handle
         routes = ROUTES[self.settings.kind]
         cors = Cors(frozenset(self.settings.cors_origins), frozenset(r.method for r in routes))
@@ -220,6 +246,24 @@ class Gateway:
             max_field_size=8190,
             max_headers=100,
         )
+
+    async def _warn_unknown_policies(self) -> None:
+        """Keys naming a policy this gateway lacks are refused on every request: say so once, at start."""
+        now = time.time()
+        missing = sorted(
+            {
+                record.tool_policy
+                for record in await self.store.list_all()
+                if record.tool_policy is not None
+                and self.policies.get(record.tool_policy) is None
+                and record.status(now) == "active"
+            }
+        )
+        if missing:
+            log.warning(
+                "active keys name tool policies this gateway has not loaded (their requests will be refused): %s",
+                ", ".join(missing),
+            )
 
     async def close(self) -> None:
         if self.jwt is not None:

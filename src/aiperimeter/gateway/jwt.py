@@ -48,7 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from aiperimeter.errors import BackendUnavailable, ConfigError, Unauthenticated
 from aiperimeter.hosts import is_loopback_host
-from aiperimeter.keys import ADMIN_SCOPE, KNOWN_SCOPES, KeyRecord
+from aiperimeter.keys import ADMIN_SCOPE, KNOWN_SCOPES, POLICY_NAME_RE, KeyRecord
 
 log = logging.getLogger("aiperimeter.gateway")
 
@@ -106,6 +106,11 @@ class JWTClaims(BaseModel):
     rpm: str | None = Field(None, min_length=1, description="requests per minute (positive integer)")
     tpm: str | None = Field(None, min_length=1, description="tokens per minute (positive integer)")
     concurrency: str | None = Field(None, min_length=1, description="requests at once (positive integer)")
+    tool_policy: str | None = Field(
+        None,
+        min_length=1,
+        description="name of the tool policy the caller is held to (the gateway's default if absent)",
+    )
 
     @model_validator(mode="after")
     def _admin_needs_scopes(self) -> JWTClaims:
@@ -796,6 +801,7 @@ class JWTVerifier:
             rpm=self._limit(payload, claims.rpm),
             tpm=self._limit(payload, claims.tpm),
             concurrency=self._limit(payload, claims.concurrency),
+            tool_policy=self._tool_policy(payload),
         )
 
     def _scopes(self, payload: dict[str, Any]) -> frozenset[str]:
@@ -829,6 +835,17 @@ class JWTVerifier:
         if not isinstance(raw, list) or not all(isinstance(v, str) and v for v in raw):
             raise Unauthenticated("jwt_invalid", f"The token's '{name}' claim is not a list of model names.")
         return frozenset(raw)
+
+    def _tool_policy(self, payload: dict[str, Any]) -> str | None:
+        name = self.settings.claims.tool_policy
+        if name is None:
+            return None
+        raw = payload.get(name)
+        if raw is None:
+            return None
+        if not isinstance(raw, str) or not POLICY_NAME_RE.fullmatch(raw):
+            raise Unauthenticated("jwt_invalid", f"The token's '{name}' claim is not a tool policy name.")
+        return raw
 
     @staticmethod
     def _limit(payload: dict[str, Any], name: str | None) -> int | None:

@@ -65,6 +65,7 @@ class Exchange:
     cors_origin: str | None = None  # a configured CORS origin this request came from
     extra_headers: dict[str, str] | None = None  # added to the response (rate-limit state)
     reservation: Any = None  # what the limits stage took, settled when the request finishes
+    tools: Any = None  # the tool policy's plan for this request (stages.tool_policy.ToolPlan), when one applies
 
 
 @dataclass(slots=True)

@@ -33,7 +33,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from aiperimeter.errors import BackendUnavailable, ConfigError
 from aiperimeter.keys import KeyRecord
-from aiperimeter.state.sqlite import COLUMNS, record_to_row, row_to_record
+from aiperimeter.state.sqlite import COLUMN_COUNT, COLUMNS, record_to_row, row_to_record
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -69,6 +69,8 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX keys_previous_hash ON keys (previous_hash) WHERE previous_hash IS NOT NULL;
     CREATE INDEX key_changes_key ON key_changes (key_id, seq)
     """,
+    # 3: the tool policy a key is held to
+    "ALTER TABLE keys ADD COLUMN tool_policy TEXT",
 )
 LATEST = len(MIGRATIONS)
 
@@ -370,7 +372,7 @@ class PostgresKeyStore:
                     if await cur.fetchone() is not None:
                         return False
                     await conn.execute(
-                        f"INSERT INTO keys ({COLUMNS}) VALUES ({', '.join(['%s'] * 14)})",  # noqa: S608 - constant
+                        f"INSERT INTO keys ({COLUMNS}) VALUES ({', '.join(['%s'] * COLUMN_COUNT)})",  # noqa: S608 - constant
                         record_to_row(record),
                     )
                     await self._change(conn, record.id, "create", actor)

@@ -48,12 +48,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE UNIQUE INDEX keys_previous_hash ON keys (previous_hash);
     CREATE INDEX key_changes_key ON key_changes (key_id, seq)
     """,
+    # 3: the tool policy a key is held to
+    "ALTER TABLE keys ADD COLUMN tool_policy TEXT",
 )
 
 COLUMNS = (
     "id, name, secret_hash, scopes, models, created_at, expires_at, revoked_at, suspended_at, previous_hash, "
-    "previous_until, rpm, tpm, concurrency"
+    "previous_until, rpm, tpm, concurrency, tool_policy"
 )
+COLUMN_COUNT = COLUMNS.count(",") + 1
 
 
 def _opt_float(value: object) -> float | None:
@@ -67,7 +70,7 @@ def _opt_int(value: object) -> int | None:
 def row_to_record(row: tuple[object, ...] | list[object]) -> KeyRecord:
     """A record from a row of COLUMNS (shared with the PostgreSQL store)."""
     (key_id, name, secret_hash, scopes, models, created_at, expires_at, revoked_at, suspended_at, previous_hash,
-     previous_until, rpm, tpm, concurrency) = row  # fmt: skip
+     previous_until, rpm, tpm, concurrency, tool_policy) = row  # fmt: skip
     return KeyRecord(
         id=str(key_id),
         name=str(name),
@@ -83,6 +86,7 @@ def row_to_record(row: tuple[object, ...] | list[object]) -> KeyRecord:
         rpm=_opt_int(rpm),
         tpm=_opt_int(tpm),
         concurrency=_opt_int(concurrency),
+        tool_policy=str(tool_policy) if tool_policy is not None else None,
     )
 
 
@@ -102,6 +106,7 @@ def record_to_row(record: KeyRecord) -> tuple[object, ...]:
         record.rpm,
         record.tpm,
         record.concurrency,
+        record.tool_policy,
     )
 
 
@@ -161,7 +166,7 @@ class SQLiteKeyStore:
             if self._db.execute("SELECT 1 FROM keys WHERE previous_hash = ?", (record.secret_hash,)).fetchone():
                 raise sqlite3.IntegrityError("hash in use")
             self._db.execute(
-                f"INSERT INTO keys ({COLUMNS}) VALUES ({', '.join('?' * 14)})",  # noqa: S608 - constant columns
+                f"INSERT INTO keys ({COLUMNS}) VALUES ({', '.join('?' * COLUMN_COUNT)})",  # noqa: S608 - constant columns
                 record_to_row(record),
             )
             self._change(record.id, "create", actor)

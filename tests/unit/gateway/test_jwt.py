@@ -621,6 +621,16 @@ async def test_models_and_limits(hs_signer: Signer, tmp_path: Path) -> None:
         await refused(verifier, hs_signer.token(claims(aip_rpm=bad_limit)), "jwt_invalid")
 
 
+async def test_tool_policy_claim(hs_signer: Signer, tmp_path: Path) -> None:
+    unmapped = verifier_for(hs_signer, tmp_path)
+    assert (await unmapped.verify(hs_signer.token(claims(tool_policy="agent")))).tool_policy is None
+    verifier = verifier_for(hs_signer, tmp_path, claims={"tool_policy": "aip_tools"})
+    assert (await verifier.verify(hs_signer.token(claims(aip_tools="analytics")))).tool_policy == "analytics"
+    assert (await verifier.verify(hs_signer.token(claims()))).tool_policy is None  # the gateway's default applies
+    for bad in ("../etc/passwd", "Agent", "", 5, ["a"], "a" * 65):
+        await refused(verifier, hs_signer.token(claims(aip_tools=bad)), "jwt_invalid")
+
+
 async def test_subject_claim_and_name(hs_signer: Signer, tmp_path: Path) -> None:
     by_email = verifier_for(hs_signer, tmp_path, claims={"subject": "email"})
     record = await by_email.verify(hs_signer.token(claims(email="carol@example.test")))

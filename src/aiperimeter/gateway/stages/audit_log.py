@@ -103,6 +103,7 @@ class AuditLog(Stage):
                     if ex.prompt_tokens is not None or ex.completion_tokens is not None
                     else None
                 ),
+                "tools": ex.tools.audit() if ex.tools is not None and ex.tools.decisions else None,
                 "pid": self.pid,
             }
         )

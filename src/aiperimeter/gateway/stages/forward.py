@@ -14,15 +14,19 @@ from typing import ClassVar
 
 import aiohttp
 from aiohttp import web
+from multidict import CIMultiDict
 from yarl import URL
 
-from aiperimeter.errors import UpstreamError, UpstreamTimeout
+from aiperimeter.errors import ToolCallBlocked, UpstreamError, UpstreamTimeout
 from aiperimeter.gateway.pipeline import Exchange, Stage, StreamEvent
 from aiperimeter.gateway.responses import SERVER_HEADER, add_cors_headers
-from aiperimeter.gateway.streams import framer_for, is_stream
+from aiperimeter.gateway.streams import Framer, framer_for, is_stream
+from aiperimeter.gateway.tools.base import blocked_message
 from aiperimeter.gateway.upstream import response_headers, upstream_headers
 
 SMALL_BODY = 64 * 1024  # fixed-length responses up to this size are relayed in one write
+MAX_JUDGED_BODY = 16 * 1024 * 1024  # a non-streamed response a tool policy must read whole
+STRIPPED_HEADER = "X-Aiperimeter-Tool-Calls-Stripped"
 
 Emit = Callable[[Exchange, StreamEvent], Awaitable[None]]
 
@@ -90,6 +94,9 @@ class Forward(Stage):
         content = upstream.content
         if ex.method == "HEAD" or upstream.status in (204, 304):
             length = 0  # no body follows, whatever Content-Length says
+        elif ex.tools is not None and 200 <= upstream.status < 300:
+            await self._relay_guarded(ex, upstream, headers, framer, sent)
+            return
         if not ex.stream and length is not None and length <= SMALL_BODY:
             body = content.read_nowait(length) if length else b""  # usually here already, with the head
             if len(body) < length:
@@ -120,6 +127,72 @@ class Forward(Stage):
         ex.upstream_ms = (time.perf_counter() - sent) * 1000
         await self._emit_all(ex, framer.close())
         await stream.write_eof()
+
+    async def _relay_guarded(
+        self, ex: Exchange, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], framer: Framer, sent: float
+    ) -> None:
+        """Relay a response whose tool calls a policy judges: through the wire format's guard, which holds each call
+        back only until its arguments are complete. Anything the guard could not read is refused, never passed."""
+        plan = ex.tools
+        if upstream.headers.get("Content-Encoding", "identity").lower() != "identity":
+            raise UpstreamError("upstream_encoded", "The model server compressed its response; it cannot be checked.")
+        content = upstream.content
+        if not ex.stream:
+            body = await self._read_whole(content)
+            ex.upstream_ms = (time.perf_counter() - sent) * 1000
+            ex.bytes_out = len(body)
+            framer.feed(body)
+            await self._emit_all(ex, framer.close())
+            result = plan.format.judge_body(body, plan.judge)
+            plan.decisions.extend(result.decisions)
+            if result.blocked is not None:
+                blocked = result.blocked
+                raise ToolCallBlocked("tool_call_blocked", blocked_message(blocked.call, blocked.verdict), blocked)
+            stripped = sum(d.verdict.decision == "strip" for d in result.decisions)
+            if stripped:
+                headers[STRIPPED_HEADER] = str(stripped)
+            ex.response = web.Response(status=upstream.status, body=result.body, headers=headers)
+            return
+        guard = plan.format.StreamGuard(plan.judge)
+        headers["X-Accel-Buffering"] = "no"
+        headers["Cache-Control"] = "no-cache"
+        stream = ex.response = web.StreamResponse(status=upstream.status, headers=headers)
+        await stream.prepare(ex.request)
+        try:
+            while guard.blocked is None:
+                chunk = await self._read(content.readany())
+                if not chunk:
+                    out = guard.close()
+                    if out:
+                        await stream.write(out)
+                        ex.bytes_out += len(out)
+                    break
+                out = guard.feed(chunk)
+                if out:
+                    await stream.write(out)
+                    ex.bytes_out += len(out)
+                events = framer.feed(chunk)
+                if events:
+                    await self._emit_all(ex, events)
+        finally:
+            plan.decisions.extend(guard.decisions)
+        ex.upstream_ms = (time.perf_counter() - sent) * 1000
+        await self._emit_all(ex, framer.close())
+        if guard.blocked is not None:
+            ex.deny_code = "tool_call_blocked"  # the stream ended with the policy's error event
+        await stream.write_eof()
+
+    async def _read_whole(self, content: aiohttp.StreamReader) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            chunk = await self._read(content.readany())
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_JUDGED_BODY:
+                raise UpstreamError("response_too_large", "The model's response is too large for the tool policy.")
+            chunks.append(chunk)
 
     async def _read(self, pending: Awaitable[bytes]) -> bytes:
         try:

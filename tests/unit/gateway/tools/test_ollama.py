@@ -1,0 +1,538 @@
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from aiperimeter.gateway.tools import hold
+from aiperimeter.gateway.tools.base import MAX_EVENT_BYTES, Declared, RequestTools
+from aiperimeter.gateway.tools.ollama import StreamGuard, judge_body, read_request
+from aiperimeter.policy.calls import ALLOW, ToolCall, Verdict
+
+Key = tuple[str, Any, str | None, str, str | None]  # name, arguments, call id, kind, error
+
+
+def key(call: ToolCall) -> Key:
+    return (call.name, call.arguments, call.call_id, call.kind, call.error)
+
+
+@dataclass
+class Judge:
+    """Decisions by tool name (default allow). `complete` lists every call the stream makes, whole: a call judged
+    with anything else (partial arguments) raises at once, inside the guard."""
+
+    table: dict[str, str]
+    complete: list[Key] | None = None
+    seen: list[Key] = field(default_factory=list)
+
+    def __call__(self, call: ToolCall) -> Verdict:
+        if self.complete is not None and key(call) not in self.complete:
+            raise AssertionError(f"judged an incomplete or unexpected call: {key(call)}")
+        self.seen.append(key(call))
+        decision = self.table.get(call.name, "allow")
+        return ALLOW if decision == "allow" else Verdict(decision, f"tools.{call.name}", "test rule")
+
+
+# --- captures (ollama/ollama docs/capabilities/tool-calling.mdx, streaming.mdx) ---------------------------------------
+
+ENV = '"model":"qwen3","created_at":"2025-10-01T12:00:00.000000Z"'
+
+
+def line(message: str | None = None, done: bool = False, extra: str = "") -> str:
+    body = f',"message":{message}' if message is not None else ""
+    return "{" + ENV + body + f',"done":{"true" if done else "false"}' + extra + "}"
+
+
+def text(content: str, thinking: str | None = None) -> str:
+    think = f',"thinking":{orjson.dumps(thinking).decode()}' if thinking is not None else ""
+    return line('{"role":"assistant","content":' + orjson.dumps(content).decode() + think + "}")
+
+
+def calls(*entries: str, content: str = "") -> str:
+    return line(
+        '{"role":"assistant","content":' + orjson.dumps(content).decode() + ',"tool_calls":[' + ",".join(entries) + "]}"
+    )
+
+
+def fn(name: str | None, args: Any, index: int | None = None) -> str:
+    parts = [] if index is None else [f'"index":{index}']
+    if name is not None:
+        parts.append(f'"name":"{name}"')
+    parts.append(f'"arguments":{orjson.dumps(args).decode()}')
+    return '{"function":{' + ",".join(parts) + "}}"
+
+
+FINAL = line(
+    '{"role":"assistant","content":""}',
+    done=True,
+    extra=',"done_reason":"stop","total_duration":100,"prompt_eval_count":26,"eval_count":12',
+)
+
+
+def ndjson(*lines: str) -> bytes:
+    return "".join(f"{item}\n" for item in lines).encode()
+
+
+TEMP = ("get_temperature", {"city": "New York"}, None, "function", None)
+COND = ("get_conditions", {"city": "New York"}, None, "function", None)
+SQL = ("run_sql", {"query": "SELECT 1"}, None, "function", None)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    data: bytes
+    complete: list[Key]
+
+
+SCENARIOS = {
+    "text-only": Scenario(ndjson(text("The "), text("sky is blue."), FINAL), []),
+    "single-call": Scenario(
+        ndjson(
+            text("", thinking="The user wants the temperature."),
+            calls(fn("get_temperature", {"city": "New York"}, 0)),
+            FINAL,
+        ),
+        [TEMP],
+    ),
+    "parallel-one-line": Scenario(
+        ndjson(
+            text("Checking."),
+            calls(fn("get_temperature", {"city": "New York"}, 0), fn("get_conditions", {"city": "New York"}, 1)),
+            FINAL,
+        ),
+        [TEMP, COND],
+    ),
+    "parallel-lines": Scenario(
+        ndjson(
+            calls(fn("get_temperature", {"city": "New York"}, 0)),
+            calls(fn("get_conditions", {"city": "New York"}, 0)),
+            FINAL,
+        ),
+        [TEMP, COND],
+    ),
+    "string-arguments-split": Scenario(
+        ndjson(
+            text("Let me check."),
+            calls(fn("run_sql", '{"query":"SEL', 0)),
+            text("(still thinking)"),
+            calls(fn(None, 'ECT 1"}', 0)),
+            FINAL,
+        ),
+        [SQL],
+    ),
+    "string-arguments-whole": Scenario(
+        ndjson(calls(fn("run_sql", '{"query":"SELECT 1"}')), FINAL),
+        [SQL],
+    ),
+    "invalid-json": Scenario(
+        ndjson(calls(fn("run_sql", '{"query": SELECT', 0)), FINAL),
+        [("run_sql", None, None, "function", "invalid_json")],
+    ),
+    "ends-mid-call": Scenario(
+        ndjson(text("Let me check."), calls(fn("run_sql", '{"query":"SEL', 0))),
+        [("run_sql", None, None, "function", "incomplete")],
+    ),
+    "whole-call-after-held": Scenario(
+        ndjson(
+            calls(fn("run_sql", '{"query":', 0)),
+            calls(fn("get_temperature", {"city": "New York"}, 1)),
+            calls(fn(None, '"SELECT 1"}', 0)),
+            FINAL,
+        ),
+        [TEMP, SQL],
+    ),
+}
+
+
+# --- what the client sees ---------------------------------------------------------------------------------------------
+
+
+def lines(out: bytes) -> list[Any]:
+    return [orjson.loads(item) for item in out.split(b"\n") if item.strip()]
+
+
+def view(out: bytes) -> dict[str, Any]:
+    content, thinking, found, errors = "", "", [], []
+    done_reason = None
+    events = lines(out)
+    for event in events:
+        if "error" in event:
+            errors.append(event["error"])
+            continue
+        message = event.get("message") or {}
+        content += message.get("content") or ""
+        thinking += message.get("thinking") or ""
+        found += [(c["function"]["name"], c["function"]["arguments"]) for c in message.get("tool_calls") or []]
+        if event.get("done"):
+            done_reason = event.get("done_reason")
+    if errors:
+        assert "error" in events[-1], "nothing may follow the error line"
+    return {"content": content, "thinking": thinking, "calls": found, "done_reason": done_reason, "errors": errors}
+
+
+def notice_text(name: str) -> str:
+    return f"[aiperimeter] The tool call {name!r} was removed by the gateway's tool policy (rule tools.{name})."
+
+
+def run(data: bytes, judge: Judge, pieces: list[bytes] | None = None) -> tuple[bytes, StreamGuard]:
+    guard = StreamGuard(judge)
+    out = b"".join(guard.feed(piece) for piece in (pieces if pieces is not None else [data])) + guard.close()
+    return out, guard
+
+
+def splits(data: bytes) -> list[list[bytes]]:
+    """Whole, byte by byte, at every offset, and a sample of three-way splits."""
+    out = [[data], [data[i : i + 1] for i in range(len(data))]]
+    out += [[data[:cut], data[cut:]] for cut in range(len(data) + 1)]
+    rng = random.Random(len(data))
+    for _ in range(40):
+        a, b = sorted(rng.sample(range(len(data) + 1), 2))
+        out.append([data[:a], data[a:b], data[b:]])
+    return out
+
+
+TEMP_CALL = ("get_temperature", {"city": "New York"})
+COND_CALL = ("get_conditions", {"city": "New York"})
+SQL_CALL = ("run_sql", {"query": "SELECT 1"})
+
+CASES = [
+    pytest.param("text-only", {}, ("The sky is blue.", []), [], id="text-only"),
+    pytest.param("single-call", {}, ("", [TEMP_CALL]), ["allow"], id="single-allow"),
+    pytest.param(
+        "single-call", {"get_temperature": "strip"}, (notice_text("get_temperature"), []), ["strip"], id="single-strip"
+    ),
+    pytest.param("single-call", {"get_temperature": "block"}, "block", ["block"], id="single-block"),
+    pytest.param(
+        "parallel-one-line", {}, ("Checking.", [TEMP_CALL, COND_CALL]), ["allow", "allow"], id="parallel-one-line"
+    ),
+    pytest.param(
+        "parallel-one-line",
+        {"get_temperature": "strip"},
+        ("Checking." + notice_text("get_temperature"), [COND_CALL]),
+        ["strip", "allow"],
+        id="parallel-one-line-strip-first",
+    ),
+    pytest.param(
+        "parallel-one-line", {"get_conditions": "block"}, "block", ["allow", "block"], id="parallel-one-line-block"
+    ),
+    pytest.param(
+        "parallel-lines",
+        {"get_conditions": "strip"},
+        (notice_text("get_conditions"), [TEMP_CALL]),
+        ["allow", "strip"],
+        id="parallel-lines-index-reused",
+    ),
+    pytest.param(
+        "string-arguments-split",
+        {},
+        ("Let me check.(still thinking)", [SQL_CALL]),
+        ["allow"],
+        id="string-arguments-split",
+    ),
+    pytest.param(
+        "string-arguments-split",
+        {"run_sql": "strip"},
+        ("Let me check." + notice_text("run_sql") + "(still thinking)", []),
+        ["strip"],
+        id="string-arguments-split-strip",
+    ),
+    pytest.param("string-arguments-whole", {}, ("", [SQL_CALL]), ["allow"], id="string-arguments-whole"),
+    pytest.param("invalid-json", {"run_sql": "strip"}, (notice_text("run_sql"), []), ["strip"], id="invalid-json"),
+    pytest.param(
+        "ends-mid-call",
+        {"run_sql": "strip"},
+        ("Let me check." + notice_text("run_sql"), []),
+        ["strip"],
+        id="ends-mid-call",
+    ),
+    pytest.param("ends-mid-call", {"run_sql": "block"}, "block", ["block"], id="ends-mid-call-block"),
+    pytest.param(
+        "whole-call-after-held", {}, ("", [SQL_CALL, TEMP_CALL]), ["allow", "allow"], id="whole-call-waits-behind-held"
+    ),
+]
+
+
+@pytest.mark.parametrize(("scenario", "table", "expected", "decisions"), CASES)
+def test_stream_scenarios_in_every_split(
+    scenario: str, table: dict[str, str], expected: Any, decisions: list[str]
+) -> None:
+    data = SCENARIOS[scenario].data
+    complete = SCENARIOS[scenario].complete
+    first: list[Any] | None = None
+    for pieces in splits(data):
+        judge = Judge(table, complete)
+        out, guard = run(data, judge, pieces)
+        events = lines(out)
+        if first is None:
+            first = events
+            seen = view(out)
+            if expected == "block":
+                assert len(seen["errors"]) == 1 and "is not allowed by rule" in seen["errors"][0]
+                assert guard.blocked is not None and guard.blocked.verdict.decision == "block"
+            else:
+                assert (seen["content"], seen["calls"]) == expected
+                assert seen["errors"] == [] and guard.blocked is None
+        assert events == first, pieces
+        assert [d.verdict.decision for d in guard.decisions] == decisions
+        assert judge.seen == complete[: len(decisions)]  # each call judged exactly once, whole, in stream order
+
+
+@pytest.mark.parametrize("scenario", ["text-only", "single-call", "parallel-one-line", "parallel-lines"])
+def test_whole_calls_that_are_allowed_pass_unchanged(scenario: str) -> None:
+    data = SCENARIOS[scenario].data
+    assert run(data, Judge({}))[0] == data
+
+
+def test_thinking_and_stats_pass() -> None:
+    out, _ = run(SCENARIOS["single-call"].data, Judge({"get_temperature": "strip"}))
+    assert view(out)["thinking"] == "The user wants the temperature."
+    assert lines(out)[-1]["eval_count"] == 12 and lines(out)[-1]["done"] is True
+
+
+def test_text_is_out_before_the_call_completes() -> None:
+    data = SCENARIOS["string-arguments-split"].data
+    middle = data.index(b"ECT 1")
+    judge = Judge({}, SCENARIOS["string-arguments-split"].complete)
+    guard = StreamGuard(judge)
+    early = guard.feed(data[:middle])
+    assert b"Let me check." in early and b"tool_calls" not in early and b"still thinking" not in early
+    assert judge.seen == []
+    rest = guard.feed(data[middle:]) + guard.close()
+    assert view(early + rest)["calls"] == [SQL_CALL] and len(judge.seen) == 1
+
+
+def test_a_done_reason_that_promised_calls_becomes_stop_when_all_are_stripped() -> None:
+    final = line('{"role":"assistant","content":""}', done=True, extra=',"done_reason":"tool_calls"')
+    out, _ = run(ndjson(calls(fn("get_temperature", {"city": "Paris"})), final), Judge({"get_temperature": "strip"}))
+    assert view(out)["done_reason"] == "stop"
+    out, _ = run(ndjson(calls(fn("get_temperature", {"city": "Paris"})), final), Judge({}))
+    assert view(out)["done_reason"] == "tool_calls"
+
+
+def test_block_writes_nothing_more() -> None:
+    guard = StreamGuard(Judge({"get_temperature": "block"}))
+    out = guard.feed(SCENARIOS["single-call"].data)
+    assert lines(out)[-1] == {
+        "error": "The tool call 'get_temperature' is not allowed by rule tools.get_temperature: test rule."
+    }
+    assert guard.feed(ndjson(text("more"))) == b"" and guard.close() == b""
+
+
+UNREADABLE = [
+    pytest.param(b"not json\n", id="not-json"),
+    pytest.param(b"[1,2]\n", id="json-array"),
+    pytest.param(ndjson(line('"hello"')), id="message-string"),
+    pytest.param(ndjson(line('{"role":"assistant","tool_calls":{"function":{}}}')), id="tool-calls-object"),
+    pytest.param(ndjson(line('{"role":"assistant","tool_calls":[{"name":"x"}]}')), id="call-without-function"),
+    pytest.param(ndjson(calls('{"function":{"name":"x","arguments":[1]}}')), id="arguments-list"),
+    pytest.param(ndjson(calls('{"function":{"name":7,"arguments":{}}}')), id="name-number"),
+]
+
+
+@pytest.mark.parametrize("bad", UNREADABLE)
+def test_unreadable_lines_fail_closed(bad: bytes) -> None:
+    data = ndjson(text("Hello.")) + bad + ndjson(text(" more"), FINAL)
+    out, guard = run(data, Judge({"(unreadable)": "audit"}))  # allowed or not, unreadable bytes are never delivered
+    seen = view(out)
+    assert seen["content"] == "Hello." and len(seen["errors"]) == 1
+    assert guard.blocked is not None and guard.blocked.call.error == "unreadable"
+    assert guard.blocked.verdict.decision == "block"
+    out, guard = run(data, Judge({"(unreadable)": "strip"}))
+    assert view(out)["content"] == "Hello." + notice_text("(unreadable)") + " more" and guard.blocked is None
+
+
+def test_an_oversized_line_fails_closed() -> None:
+    data = (
+        ndjson(text("Hello."))
+        + b'{"message":"'
+        + b"x" * (MAX_EVENT_BYTES + 10)
+        + b'"}\n'
+        + ndjson(text(" more"), FINAL)
+    )
+    out, guard = run(
+        data, Judge({"(unreadable)": "block"}), [data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+    )
+    assert view(out)["content"] == "Hello." and guard.blocked is not None
+    out, guard = run(
+        data, Judge({"(unreadable)": "strip"}), [data[i : i + (1 << 20)] for i in range(0, len(data), 1 << 20)]
+    )
+    assert view(out)["content"] == "Hello." + notice_text("(unreadable)") + " more" and guard.blocked is None
+
+
+def test_blank_lines_and_error_lines_pass() -> None:
+    data = b"\n" + ndjson(text("Hi"), '{"error":"model unloaded"}')
+    out, guard = run(data, Judge({}))
+    assert out == data and guard.decisions == []
+
+
+def test_held_bytes_over_the_cap_end_held_calls_as_incomplete(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hold, "MAX_HELD_BYTES", 4096)
+    data = ndjson(calls(fn("run_sql", '{"query":"SEL', 0)), *[text("y" * 500) for _ in range(10)], FINAL)
+    judge = Judge({"run_sql": "strip"})
+    out, _ = run(data, judge)
+    assert judge.seen == [("run_sql", None, None, "function", "incomplete")]
+    assert view(out)["content"] == notice_text("run_sql") + "y" * 5000
+
+
+def test_hostile_mutations_never_raise_and_never_deliver_an_unjudged_call() -> None:
+    rng = random.Random(11)
+    bases = [s.data for s in SCENARIOS.values()]
+    for _ in range(600):
+        data = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.choice(b'{}[]":,\\\n0a ')
+        guard = StreamGuard(Judge({"run_sql": "strip", "get_conditions": "strip"}))
+        cut = rng.randrange(len(data) + 1)
+        out = guard.feed(bytes(data[:cut])) + guard.feed(bytes(data[cut:])) + guard.close()
+        allowed = {d.call.name for d in guard.decisions if d.verdict.delivered} - {"run_sql", "get_conditions"}
+        for item in out.split(b"\n"):
+            try:
+                event = orjson.loads(item)
+            except orjson.JSONDecodeError:
+                continue
+            message = event.get("message") if isinstance(event, dict) else None
+            found = message.get("tool_calls") if isinstance(message, dict) else None
+            for entry in found if isinstance(found, list) else []:
+                body = entry.get("function") if isinstance(entry, dict) else None
+                name = body.get("name") if isinstance(body, dict) else None
+                assert (name or "(unnamed)") in allowed, out  # a call without a name is judged as "(unnamed)"
+
+
+# --- non-streamed bodies ----------------------------------------------------------------------------------------------
+
+
+def body(*entries: dict[str, Any], content: str = "", done_reason: str = "stop") -> bytes:
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    if entries:
+        message["tool_calls"] = list(entries)
+    return orjson.dumps(
+        {"model": "qwen3", "message": message, "done": True, "done_reason": done_reason, "eval_count": 9}
+    )
+
+
+TEMP_BODY = {"function": {"index": 0, "name": "get_temperature", "arguments": {"city": "New York"}}}
+COND_BODY = {"function": {"index": 1, "name": "get_conditions", "arguments": {"city": "New York"}}}
+
+
+def test_body_all_allowed_is_unchanged() -> None:
+    raw = body(TEMP_BODY, COND_BODY)
+    judge = Judge({})
+    result = judge_body(raw, judge)
+    assert result.body == raw and result.blocked is None and judge.seen == [TEMP, COND]
+
+
+@pytest.mark.parametrize(
+    ("raw", "table", "kept", "content", "done_reason"),
+    [
+        pytest.param(
+            body(TEMP_BODY, COND_BODY),
+            {"get_temperature": "strip"},
+            [COND_BODY],
+            notice_text("get_temperature"),
+            "stop",
+            id="one-of-two",
+        ),
+        pytest.param(
+            body(TEMP_BODY, content="Sure.", done_reason="tool_calls"),
+            {"get_temperature": "strip"},
+            None,
+            "Sure.\n" + notice_text("get_temperature"),
+            "stop",
+            id="all",
+        ),
+        pytest.param(
+            body({"function": {"name": "run_sql", "arguments": "{oops"}}),
+            {"run_sql": "strip"},
+            None,
+            notice_text("run_sql"),
+            "stop",
+            id="string-arguments-invalid",
+        ),
+    ],
+)
+def test_body_strip(raw: bytes, table: dict[str, str], kept: Any, content: str, done_reason: str) -> None:
+    result = judge_body(raw, Judge(table))
+    doc = orjson.loads(result.body)
+    assert doc["message"].get("tool_calls") == kept and doc["message"]["content"] == content
+    assert doc["done_reason"] == done_reason and doc["eval_count"] == 9 and result.blocked is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        pytest.param(body(TEMP_BODY, COND_BODY), "get_conditions", id="blocked-call"),
+        pytest.param(b"<html>bad gateway</html>", "(unreadable)", id="not-json"),
+        pytest.param(b'{"message": "hi"}', "(unreadable)", id="message-string"),
+        pytest.param(body({"name": "get_temperature"}), "(unreadable)", id="call-without-function"),
+    ],
+)
+def test_body_block(raw: bytes, name: str) -> None:
+    result = judge_body(raw, Judge({"get_conditions": "block"}))
+    assert result.blocked is not None and result.blocked.call.name == name
+    assert result.blocked.verdict.decision == "block"
+    assert orjson.loads(result.body)["error"]["code"] == "tool_call_blocked"
+
+
+def test_body_without_calls_passes() -> None:
+    raw = body(content="The sky is blue.")
+    assert judge_body(raw, Judge({})).body == raw
+
+
+# --- requests ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        pytest.param(
+            {
+                "tools": [
+                    {"type": "function", "function": {"name": "get_temperature", "parameters": {}}},
+                    {"function": {"name": "x"}},
+                ]
+            },
+            RequestTools(declared=[Declared("get_temperature", "function"), Declared("x", "function")]),
+            id="tools",
+        ),
+        pytest.param(
+            {"tools": [{"type": "web_search"}, 3, {"type": "function"}]},
+            RequestTools(
+                declared=[Declared(None, "web_search", True), Declared(None, "invalid"), Declared(None, "function")]
+            ),
+            id="hostile-tools",
+        ),
+        pytest.param(
+            {
+                "messages": [
+                    {"role": "user", "content": "Weather?"},
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            TEMP_BODY,
+                            {"id": "call_1", "function": {"name": "run_sql", "arguments": '{"query":"SELECT 1"}'}},
+                            5,
+                        ],
+                    },
+                    {"role": "tool", "tool_name": "get_temperature", "content": "22°C"},
+                    {"role": "tool", "name": "run_sql", "tool_call_id": "call_1", "content": "1"},
+                    {"role": "tool", "content": "anonymous"},
+                    None,
+                ]
+            },
+            RequestTools(
+                history=[
+                    ToolCall("get_temperature", {"city": "New York"}, raw_size=19),
+                    ToolCall("run_sql", {"query": "SELECT 1"}, "call_1", raw_size=20),
+                ],
+                results=[(None, "get_temperature"), ("call_1", "run_sql"), (None, None)],
+            ),
+            id="history-and-results",
+        ),
+        pytest.param([], RequestTools(), id="not-an-object"),
+    ],
+)
+def test_read_request(doc: Any, expected: RequestTools) -> None:
+    assert read_request(doc) == expected

@@ -1,0 +1,885 @@
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import pytest
+
+from aiperimeter.gateway.tools import hold
+from aiperimeter.gateway.tools.base import MAX_CALL_BYTES, MAX_EVENT_BYTES, Declared, RequestTools
+from aiperimeter.gateway.tools.hold import ObjectEnd
+from aiperimeter.gateway.tools.openai_chat import StreamGuard, judge_body, read_request
+from aiperimeter.policy.calls import ALLOW, ToolCall, Verdict
+
+# --- a judge that proves it only ever sees complete calls -------------------------------------------------------------
+
+Key = tuple[str, Any, str | None, str, str | None]  # name, arguments, call id, kind, error
+
+
+def key(call: ToolCall) -> Key:
+    return (call.name, call.arguments, call.call_id, call.kind, call.error)
+
+
+@dataclass
+class Judge:
+    """Decisions by tool name (default allow). `complete` lists every call the stream makes, whole: a call judged
+    with anything else (partial arguments, a split name) raises at once, inside the guard."""
+
+    table: dict[str, str]
+    complete: list[Key] | None = None
+    seen: list[Key] = field(default_factory=list)
+
+    def __call__(self, call: ToolCall) -> Verdict:
+        if self.complete is not None and key(call) not in self.complete:
+            raise AssertionError(f"judged an incomplete or unexpected call: {key(call)}")
+        self.seen.append(key(call))
+        decision = self.table.get(call.name, "allow")
+        return ALLOW if decision == "allow" else Verdict(decision, f"tools.{call.name}", "test rule")
+
+
+# --- captures ---------------------------------------------------------------------------------------------------------
+
+ENV = '"id":"chatcmpl-9","object":"chat.completion.chunk","created":1730000000,"model":"gpt-4o-mini"'
+
+
+def chunk(*choices: str, extra: str = "") -> str:
+    return "{" + ENV + ',"choices":[' + ",".join(choices) + "]" + extra + "}"
+
+
+def choice(delta: str, index: int = 0, finish: str = "null") -> str:
+    return f'{{"index":{index},"delta":{delta},"logprobs":null,"finish_reason":{finish}}}'
+
+
+def call(index: int, args: str, call_id: str | None = None, name: str | None = None, kind: str = "function") -> str:
+    head = f'"index":{index}' + (f',"id":"{call_id}","type":"{kind}"' if call_id else "")
+    text = "input" if kind == "custom" else "arguments"
+    body = (f'"name":"{name}",' if name else "") + f'"{text}":{orjson.dumps(args).decode()}'
+    return '{"tool_calls":[{' + head + f',"{kind}":{{' + body + "}}]}"
+
+
+def stream(*datas: str) -> bytes:
+    return "".join(f"data: {data}\n\n" for data in datas).encode()
+
+
+ROLE = chunk(choice('{"role":"assistant","content":""}'))
+HI = chunk(choice('{"content":"Let me check."}'))
+FINISH_CALLS = chunk(choice("{}", finish='"tool_calls"'))
+USAGE = chunk(extra=',"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}')
+DONE = "[DONE]"
+SQL = ("run_sql", {"query": "SELECT 1"}, "call_abc", "function", None)
+TIME = ("get_time", {"tz": "UTC"}, "call_t", "function", None)
+
+
+def split_args(text: str, size: int) -> list[str]:
+    return [text[i : i + size] for i in range(0, len(text), size)]
+
+
+@dataclass(frozen=True)
+class Scenario:
+    data: bytes
+    complete: list[Key]
+
+
+SCENARIOS = {
+    "text-only": Scenario(
+        stream(
+            ROLE,
+            chunk(choice('{"content":"Hel"}')),
+            chunk(choice('{"content":"lo"}')),
+            chunk(choice("{}", finish='"stop"')),
+            USAGE,
+            DONE,
+        ),
+        [],
+    ),
+    "single-call": Scenario(
+        stream(
+            chunk(choice('{"role":"assistant","content":null}')),
+            HI,
+            chunk(choice(call(0, "", "call_abc", "run_sql"))),
+            chunk(choice(call(0, '{"query":"SEL'))),
+            chunk(choice(call(0, 'ECT 1"}'))),
+            FINISH_CALLS,
+            DONE,
+        ),
+        [SQL],
+    ),
+    "parallel": Scenario(
+        stream(
+            ROLE,
+            chunk(choice(call(0, "", "call_abc", "run_sql"))),
+            chunk(choice(call(0, '{"query":"SELECT 1"}'))),
+            chunk(choice(call(1, "", "call_t", "get_time"))),
+            chunk(choice(call(1, '{"tz":'))),
+            chunk(choice(call(1, '"UTC"}'))),
+            FINISH_CALLS,
+            USAGE,
+            DONE,
+        ),
+        [SQL, TIME],
+    ),
+    "interleaved": Scenario(
+        stream(
+            ROLE,
+            chunk(choice(call(0, "", "call_abc", "run_sql"))),
+            chunk(choice(call(1, "", "call_t", "get_time"))),
+            chunk(choice(call(0, '{"query":'))),
+            chunk(choice(call(1, '{"tz":'))),
+            chunk(choice(call(1, '"UTC"}'))),
+            chunk(choice(call(0, '"SELECT 1"}'))),
+            FINISH_CALLS,
+            DONE,
+        ),
+        [TIME, SQL],  # judged as each completes
+    ),
+    "many-chunks": Scenario(
+        stream(
+            ROLE,
+            chunk(choice(call(0, "", "call_abc", "run_sql"))),
+            *[chunk(choice(call(0, piece))) for piece in split_args('{"query": "SELECT \\"}{\\\\\\" 1"}', 3)],
+            FINISH_CALLS,
+            DONE,
+        ),
+        [("run_sql", {"query": 'SELECT "}{\\" 1'}, "call_abc", "function", None)],
+    ),
+    "index-reused": Scenario(
+        stream(
+            ROLE,
+            chunk(choice(call(0, '{"query":"SELECT 1"}', "call_abc", "run_sql"))),
+            chunk(choice(call(0, '{"tz":"UTC"}', "call_t", "get_time"))),
+            FINISH_CALLS,
+            DONE,
+        ),
+        [SQL, TIME],
+    ),
+    "custom-tool": Scenario(
+        stream(
+            ROLE,
+            chunk(choice(call(0, "", "call_c", "apply_patch", kind="custom"))),
+            chunk(choice(call(0, "*** Begin Patch\n", kind="custom"))),
+            chunk(choice(call(0, "*** End Patch", kind="custom"))),
+            FINISH_CALLS,
+            DONE,
+        ),
+        [("apply_patch", {"input": "*** Begin Patch\n*** End Patch"}, "call_c", "custom", None)],
+    ),
+    "usage-and-obfuscation": Scenario(
+        stream(
+            chunk(choice('{"role":"assistant","content":"","refusal":null}'), extra=',"obfuscation":"a1B2"'),
+            chunk(choice(call(0, "", "call_abc", "run_sql")), extra=',"obfuscation":"zz"'),
+            chunk(choice(call(0, '{"query":"SELECT 1"}')), extra=',"obfuscation":"q"'),
+            chunk(choice("{}", finish='"tool_calls"'), extra=',"obfuscation":"Xy0"'),
+            chunk(extra=',"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7},"obfuscation":"p"'),
+            DONE,
+        ),
+        [SQL],
+    ),
+    "invalid-json": Scenario(
+        stream(
+            ROLE,
+            chunk(choice(call(0, "", "call_abc", "run_sql"))),
+            chunk(choice(call(0, '{"query": SELECT 1'))),
+            FINISH_CALLS,
+            DONE,
+        ),
+        [("run_sql", None, "call_abc", "function", "invalid_json")],
+    ),
+    "ends-mid-call": Scenario(
+        stream(HI, chunk(choice(call(0, "", "call_abc", "run_sql"))), chunk(choice(call(0, '{"query":"SEL')))),
+        [("run_sql", None, "call_abc", "function", "incomplete")],
+    ),
+    "two-choices": Scenario(
+        stream(
+            chunk(choice('{"role":"assistant","content":"A"}', 0), choice('{"role":"assistant","content":"B"}', 1)),
+            chunk(choice(call(0, "", "call_abc", "run_sql"), 0)),
+            chunk(choice(call(0, "", "call_t", "get_time"), 1)),
+            chunk(choice(call(0, '{"query":"SELECT 1"}'), 0)),
+            chunk(choice(call(0, '{"tz":"UTC"}'), 1)),
+            chunk(choice("{}", 0, '"tool_calls"'), choice("{}", 1, '"tool_calls"')),
+            DONE,
+        ),
+        [SQL, TIME],
+    ),
+    "deprecated-function-call": Scenario(
+        stream(
+            chunk(choice('{"role":"assistant","content":null,"function_call":{"name":"run_sql","arguments":""}}')),
+            chunk(choice('{"function_call":{"arguments":"{\\"query\\":"}}')),
+            chunk(choice('{"function_call":{"arguments":"\\"SELECT 1\\"}"}}')),
+            chunk(choice("{}", finish='"function_call"')),
+            DONE,
+        ),
+        [("run_sql", {"query": "SELECT 1"}, None, "function", None)],
+    ),
+    "whole-call-with-finish": Scenario(
+        stream(
+            chunk(
+                choice(
+                    '{"role":"assistant","content":"ok",' + call(0, "{}", "call_t", "get_time")[1:], 0, '"tool_calls"'
+                )
+            ),
+            DONE,
+        ),
+        [("get_time", {}, "call_t", "function", None)],
+    ),
+}
+
+
+# --- what the client sees ---------------------------------------------------------------------------------------------
+
+
+def payloads(out: bytes) -> list[Any]:
+    events = []
+    for block in out.split(b"\n\n"):
+        data = [line[6:] for line in block.split(b"\n") if line.startswith(b"data: ")]
+        if data:
+            joined = b"\n".join(data)
+            events.append(DONE if joined == b"[DONE]" else orjson.loads(joined))
+    return events
+
+
+def view(out: bytes) -> dict[str, Any]:
+    """What an SDK accumulates: per choice its text, its calls by index, its finish reason; errors; usage; [DONE]."""
+    events = payloads(out)
+    choices: dict[int, dict[str, Any]] = {}
+    errors: list[str] = []
+    usage = 0
+    for event in events:
+        if event == DONE:
+            continue
+        if "error" in event:
+            errors.append(event["error"]["code"])
+            continue
+        usage += bool(event.get("usage"))
+        for part in event.get("choices") or []:
+            state = choices.setdefault(part["index"], {"content": "", "calls": {}, "finish": None})
+            delta = part.get("delta") or {}
+            state["content"] += delta.get("content") or ""
+            for tool in delta.get("tool_calls") or []:
+                acc = state["calls"].setdefault(tool["index"], [None, None, "", ""])
+                body = tool.get("function") or tool.get("custom") or {}
+                acc[0] = acc[0] or tool.get("id")
+                acc[1] = acc[1] or tool.get("type")
+                acc[2] += body.get("name") or ""
+                acc[3] += body.get("arguments") or body.get("input") or ""
+            if "function_call" in delta:
+                acc = state["calls"].setdefault("legacy", [None, "legacy", "", ""])
+                acc[2] += delta["function_call"].get("name") or ""
+                acc[3] += delta["function_call"].get("arguments") or ""
+            state["finish"] = part.get("finish_reason") or state["finish"]
+    if errors:
+        assert events[-2:] == [events[-2], DONE] and "error" in events[-2], "nothing may follow the error event"
+    return {
+        "choices": {
+            i: {**c, "calls": [tuple(v) for _, v in sorted(c["calls"].items(), key=str)]} for i, c in choices.items()
+        },
+        "errors": errors,
+        "usage": usage,
+        "done": DONE in events,
+    }
+
+
+def notice_text(name: str) -> str:
+    return f"[aiperimeter] The tool call {name!r} was removed by the gateway's tool policy (rule tools.{name})."
+
+
+def run(data: bytes, judge: Judge, pieces: list[bytes] | None = None) -> tuple[bytes, StreamGuard]:
+    guard = StreamGuard(judge)
+    out = b"".join(guard.feed(piece) for piece in (pieces if pieces is not None else [data])) + guard.close()
+    return out, guard
+
+
+def splits(data: bytes) -> list[list[bytes]]:
+    """Whole, byte by byte, at every offset, and a sample of three-way splits."""
+    out = [[data], [data[i : i + 1] for i in range(len(data))]]
+    out += [[data[:cut], data[cut:]] for cut in range(len(data) + 1)]
+    rng = random.Random(len(data))
+    for _ in range(40):
+        a, b = sorted(rng.sample(range(len(data) + 1), 2))
+        out.append([data[:a], data[a:b], data[b:]])
+    return out
+
+
+SQL_CALL = ("call_abc", "function", "run_sql", '{"query":"SELECT 1"}')
+TIME_CALL = ("call_t", "function", "get_time", '{"tz":"UTC"}')
+
+CASES = [
+    pytest.param("text-only", {}, {0: ("Hello", [], "stop")}, [], id="text-only"),
+    pytest.param("single-call", {}, {0: ("Let me check.", [SQL_CALL], "tool_calls")}, ["allow"], id="single-allow"),
+    pytest.param(
+        "single-call",
+        {"run_sql": "strip"},
+        {0: ("Let me check." + notice_text("run_sql"), [], "stop")},
+        ["strip"],
+        id="single-strip",
+    ),
+    pytest.param(
+        "single-call",
+        {"run_sql": "audit"},
+        {0: ("Let me check.", [SQL_CALL], "tool_calls")},
+        ["audit"],
+        id="single-audit",
+    ),
+    pytest.param("single-call", {"run_sql": "block"}, "tool_call_blocked", ["block"], id="single-block"),
+    pytest.param("parallel", {}, {0: ("", [SQL_CALL, TIME_CALL], "tool_calls")}, ["allow", "allow"], id="parallel"),
+    pytest.param(
+        "parallel",
+        {"run_sql": "strip"},
+        {0: (notice_text("run_sql"), [TIME_CALL], "tool_calls")},
+        ["strip", "allow"],
+        id="parallel-strip-first-renumbers",
+    ),
+    pytest.param(
+        "parallel", {"get_time": "block"}, "tool_call_blocked", ["allow", "block"], id="parallel-block-second"
+    ),
+    pytest.param(
+        "interleaved",
+        {"get_time": "strip"},
+        {0: (notice_text("get_time"), [SQL_CALL], "tool_calls")},
+        ["strip", "allow"],
+        id="interleaved",
+    ),
+    pytest.param(
+        "many-chunks",
+        {},
+        {0: ("", [("call_abc", "function", "run_sql", '{"query": "SELECT \\"}{\\\\\\" 1"}')], "tool_calls")},
+        ["allow"],
+        id="many-chunks",
+    ),
+    pytest.param(
+        "index-reused", {}, {0: ("", [SQL_CALL, TIME_CALL], "tool_calls")}, ["allow", "allow"], id="index-reused"
+    ),
+    pytest.param(
+        "index-reused",
+        {"run_sql": "strip", "get_time": "strip"},
+        {0: (notice_text("run_sql") + notice_text("get_time"), [], "stop")},
+        ["strip", "strip"],
+        id="index-reused-all-stripped",
+    ),
+    pytest.param(
+        "custom-tool",
+        {},
+        {0: ("", [("call_c", "custom", "apply_patch", "*** Begin Patch\n*** End Patch")], "tool_calls")},
+        ["allow"],
+        id="custom-tool",
+    ),
+    pytest.param(
+        "usage-and-obfuscation",
+        {"run_sql": "strip"},
+        {0: (notice_text("run_sql"), [], "stop")},
+        ["strip"],
+        id="usage-and-obfuscation",
+    ),
+    pytest.param(
+        "invalid-json",
+        {"run_sql": "strip"},
+        {0: (notice_text("run_sql"), [], "stop")},
+        ["strip"],
+        id="invalid-json",
+    ),
+    pytest.param(
+        "ends-mid-call",
+        {"run_sql": "strip"},
+        {0: ("Let me check." + notice_text("run_sql"), [], None)},
+        ["strip"],
+        id="ends-mid-call",
+    ),
+    pytest.param("ends-mid-call", {"run_sql": "block"}, "tool_call_blocked", ["block"], id="ends-mid-call-block"),
+    pytest.param(
+        "two-choices",
+        {"run_sql": "strip"},
+        {0: ("A" + notice_text("run_sql"), [], "stop"), 1: ("B", [TIME_CALL], "tool_calls")},
+        ["strip", "allow"],
+        id="two-choices",
+    ),
+    pytest.param(
+        "deprecated-function-call",
+        {},
+        {0: ("", [(None, "legacy", "run_sql", '{"query":"SELECT 1"}')], "function_call")},
+        ["allow"],
+        id="deprecated-allow",
+    ),
+    pytest.param(
+        "deprecated-function-call",
+        {"run_sql": "strip"},
+        {0: (notice_text("run_sql"), [], "stop")},
+        ["strip"],
+        id="deprecated-strip",
+    ),
+    pytest.param(
+        "whole-call-with-finish",
+        {},
+        {0: ("ok", [("call_t", "function", "get_time", "{}")], "tool_calls")},
+        ["allow"],
+        id="whole-call-with-finish",
+    ),
+]
+
+
+@pytest.mark.parametrize(("scenario", "table", "expected", "decisions"), CASES)
+def test_stream_scenarios_in_every_split(
+    scenario: str, table: dict[str, str], expected: dict[int, Any] | str, decisions: list[str]
+) -> None:
+    data = SCENARIOS[scenario].data
+    complete = SCENARIOS[scenario].complete
+    first: list[Any] | None = None
+    for pieces in splits(data):
+        judge = Judge(table, complete)
+        out, guard = run(data, judge, pieces)
+        events = payloads(out)
+        if first is None:
+            first = events
+            seen = view(out)
+            if isinstance(expected, str):
+                assert seen["errors"] == [expected] and seen["done"]
+                assert guard.blocked is not None and guard.blocked.verdict.decision == "block"
+            else:
+                got = {i: (c["content"], c["calls"], c["finish"]) for i, c in seen["choices"].items()}
+                assert got == expected
+                assert seen["errors"] == [] and guard.blocked is None
+                assert seen["done"] == (DONE.encode() in data)
+        assert events == first, pieces
+        assert [d.verdict.decision for d in guard.decisions] == decisions
+        assert judge.seen == complete[: len(decisions)]  # each call judged exactly once, whole, in stream order
+
+
+def test_text_only_and_allowed_streams_pass_text_chunks_unchanged() -> None:
+    data = SCENARIOS["text-only"].data
+    assert run(data, Judge({}))[0] == data
+    out, _ = run(SCENARIOS["usage-and-obfuscation"].data, Judge({}))
+    assert b'"obfuscation":"a1B2"' in out and b'"usage":{"prompt_tokens":3' in out
+
+
+def test_usage_chunk_waits_behind_a_held_call() -> None:
+    data = stream(
+        ROLE,
+        chunk(choice(call(0, "", "call_abc", "run_sql"))),
+        USAGE,
+        chunk(choice(call(0, '{"query":"SELECT 1"}'))),
+        FINISH_CALLS,
+        DONE,
+    )
+    events = payloads(run(data, Judge({}))[0])
+    kinds = [
+        "usage" if e != DONE and e.get("usage") else "call" if e != DONE and "tool_calls" in str(e) else "other"
+        for e in events
+    ]
+    assert kinds.index("call") < kinds.index("usage")
+
+
+def test_text_is_out_before_the_call_completes() -> None:
+    data = SCENARIOS["single-call"].data
+    middle = data.index(b"SEL") + 2
+    judge = Judge({}, SCENARIOS["single-call"].complete)
+    guard = StreamGuard(judge)
+    early = guard.feed(data[:middle])
+    assert b"Let me check." in early and b"tool_calls" not in early and judge.seen == []
+    rest = guard.feed(data[middle:]) + guard.close()
+    assert b'"name":"run_sql"' in rest and len(judge.seen) == 1
+
+
+def test_released_calls_are_renumbered_densely() -> None:
+    out, _ = run(SCENARIOS["parallel"].data, Judge({"run_sql": "strip"}))
+    indexes = [
+        t["index"] for e in payloads(out) if e != DONE for c in e["choices"] for t in c["delta"].get("tool_calls", [])
+    ]
+    assert indexes == [0]
+    out, _ = run(SCENARIOS["index-reused"].data, Judge({}))
+    indexes = [
+        t["index"] for e in payloads(out) if e != DONE for c in e["choices"] for t in c["delta"].get("tool_calls", [])
+    ]
+    assert indexes == [0, 1]
+
+
+def test_a_held_call_does_not_delay_another_choice() -> None:
+    data = stream(
+        chunk(choice(call(0, '{"query":"SEL', "call_abc", "run_sql"), 0)), chunk(choice('{"content":"B"}', 1))
+    )
+    guard = StreamGuard(Judge({}))
+    out = guard.feed(data)
+    assert view(out)["choices"] == {1: {"content": "B", "calls": [], "finish": None}}
+
+
+@pytest.mark.parametrize(
+    ("text", "closes"),
+    [
+        pytest.param('{"a": "x}"}', True, id="brace-in-string"),
+        pytest.param(r'{"a": "\\"}', True, id="escaped-backslash"),
+        pytest.param(r'{"a": "\\\"}"}', True, id="escaped-quote-then-brace"),
+        pytest.param('  {"a": {"b": [1, {"c": "}"}]}}', True, id="nested"),
+        pytest.param(r'{"a": "\\"', False, id="open"),
+        pytest.param(r'{"a": "\"}"', False, id="quote-after-escape-is-open-string"),
+        pytest.param("[1, {}]", False, id="not-an-object"),
+        pytest.param("", False, id="empty"),
+    ],
+)
+def test_object_end_in_every_fragmentation(text: str, closes: bool) -> None:
+    data = text.encode()
+    for size in range(1, len(data) + 1):
+        end = ObjectEnd()
+        results = [end.feed(data[i : i + size]) for i in range(0, len(data), size)]
+        assert (results[-1] if results else False) == closes, size
+        assert not any(results[:-1]), size  # never closes early
+
+
+def test_block_writes_nothing_more() -> None:
+    data = SCENARIOS["parallel"].data
+    guard = StreamGuard(Judge({"run_sql": "block"}))
+    out = guard.feed(data)
+    assert payloads(out)[-1] == DONE and "error" in payloads(out)[-2]
+    assert guard.feed(stream(HI)) == b"" and guard.close() == b""
+    assert [d.call.name for d in guard.decisions] == ["run_sql"]  # get_time was never judged
+
+
+def test_nothing_after_done_reaches_the_client() -> None:
+    data = SCENARIOS["text-only"].data + stream(chunk(choice(call(0, '{"query":"x"}', "call_z", "run_sql"))))
+    judge = Judge({})
+    out, guard = run(data, judge)
+    assert out == SCENARIOS["text-only"].data and guard.decisions == []
+
+
+def test_late_fragments_of_a_judged_call_are_dropped() -> None:
+    data = stream(
+        ROLE,
+        chunk(choice(call(0, '{"query":"SELECT 1"}', "call_abc", "run_sql"))),
+        chunk(choice(call(0, '{"query":"DROP"}'))),
+        FINISH_CALLS,
+        DONE,
+    )
+    judge = Judge({}, [SQL])
+    out, _ = run(data, judge)
+    assert view(out)["choices"][0]["calls"] == [SQL_CALL] and judge.seen == [SQL]
+
+
+def test_a_call_without_a_name_is_judged_unnamed() -> None:
+    data = stream(chunk(choice(call(0, '{"a":1}', "call_x"))), FINISH_CALLS, DONE)
+    judge = Judge({"(unnamed)": "strip"})
+    out, _ = run(data, judge)
+    assert judge.seen == [("(unnamed)", {"a": 1}, "call_x", "function", None)]
+    assert view(out)["choices"][0]["finish"] == "stop"
+
+
+UNREADABLE = [
+    pytest.param(b"data: {not json\n\n", id="not-json"),
+    pytest.param(b"data: [1, 2]\n\n", id="json-array"),
+    pytest.param(stream('{"choices":{"0":{"delta":{"tool_calls":[]}}}}'), id="choices-object"),
+    pytest.param(stream(chunk(choice('{"tool_calls":{"index":0}}'))), id="tool-calls-object"),
+    pytest.param(stream(chunk(choice('{"tool_calls":["x"]}'))), id="tool-call-string"),
+    pytest.param(stream(chunk(choice('{"tool_calls":[{"index":0,"function":{"name":1}}]}'))), id="name-number"),
+    pytest.param(stream(chunk(choice('{"tool_calls":[{"index":0,"function":{"arguments":[1]}}]}'))), id="args-list"),
+    pytest.param(stream(chunk('{"index":0,"message":{"tool_calls":[{"id":"c"}]}}')), id="message-in-chunk"),
+]
+
+
+@pytest.mark.parametrize("bad", UNREADABLE)
+def test_unreadable_events_fail_closed(bad: bytes) -> None:
+    data = stream(HI) + bad + stream(chunk(choice('{"content":" more"}')), DONE)
+    out, guard = run(data, Judge({"(unreadable)": "block"}))
+    seen = view(out)
+    assert seen["errors"] == ["tool_call_blocked"] and seen["choices"][0]["content"] == "Let me check."
+    assert guard.blocked is not None and guard.blocked.call.error == "unreadable"
+    out, guard = run(data, Judge({"(unreadable)": "allow"}))  # allowed or not, unreadable bytes are never delivered
+    assert view(out)["errors"] == ["tool_call_blocked"] and guard.blocked is not None
+    out, guard = run(data, Judge({"(unreadable)": "strip"}))
+    seen = view(out)
+    assert seen["choices"][0]["content"] == "Let me check." + notice_text("(unreadable)") + " more"
+    assert guard.blocked is None and seen["done"]
+
+
+def test_non_json_events_that_carry_no_call_pass() -> None:
+    data = b": keep-alive\n\nevent: ping\ndata: ping\n\n" + stream(HI, DONE)
+    out, guard = run(data, Judge({}))
+    assert out == data and guard.decisions == []
+
+
+def test_an_oversized_event_fails_closed() -> None:
+    data = stream(HI) + b"data: " + b"x" * (MAX_EVENT_BYTES + 10) + b"\n\n" + stream(DONE)
+    out, guard = run(data, Judge({}), [data[i : i + 1 << 20] for i in range(0, len(data), 1 << 20)])
+    assert view(out)["errors"] == ["tool_call_blocked"] and guard.blocked is not None
+    assert b"Let me check." in out
+
+
+def test_arguments_over_the_cap_are_too_large() -> None:
+    big = '{"query":"' + "x" * MAX_CALL_BYTES + '"}'
+    data = stream(
+        chunk(choice(call(0, "", "call_abc", "run_sql"))),
+        *[chunk(choice(call(0, p))) for p in split_args(big, 1 << 16)],
+        FINISH_CALLS,
+        DONE,
+    )
+    judge = Judge({})
+    out, guard = run(data, judge)
+    assert judge.seen == [("run_sql", None, "call_abc", "function", "too_large")]
+    assert guard.decisions[0].call.raw_size > MAX_CALL_BYTES
+    assert view(out)["choices"][0]["calls"] == []  # allowed, but never kept whole: not delivered
+
+
+def test_held_bytes_over_the_cap_end_held_calls_as_incomplete(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hold, "MAX_HELD_BYTES", 4096)
+    filler = [chunk(choice('{"content":"' + "y" * 500 + '"}')) for _ in range(10)]
+    data = stream(chunk(choice(call(0, '{"query":"SEL', "call_abc", "run_sql"))), *filler, DONE)
+    judge = Judge({"run_sql": "strip"})
+    out, _ = run(data, judge)
+    assert judge.seen == [("run_sql", None, "call_abc", "function", "incomplete")]
+    assert view(out)["choices"][0]["content"] == notice_text("run_sql") + "y" * 5000
+
+
+def test_too_many_calls_fail_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hold, "MAX_CALLS", 3)
+    data = stream(*[chunk(choice(call(i, "{}", f"c{i}", "get_time"))) for i in range(5)], DONE)
+    out, guard = run(data, Judge({"(unreadable)": "strip"}))
+    assert guard.blocked is not None and guard.blocked.call.name == "(unreadable)"
+    assert len(view(out)["choices"][0]["calls"]) == 3
+
+
+def delivered_names(event: Any) -> list[str]:
+    """The tool names a client reads from an event: `choices[].delta` / `.message`, `tool_calls` or `function_call`."""
+    choices = event.get("choices") if isinstance(event, dict) else None
+    names = []
+    for part in choices if isinstance(choices, list) else []:
+        for holder in (part.get("delta"), part.get("message")) if isinstance(part, dict) else ():
+            if not isinstance(holder, dict):
+                continue
+            calls = holder.get("tool_calls")
+            for tool in calls if isinstance(calls, list) else []:
+                body = (tool.get("function") or tool.get("custom")) if isinstance(tool, dict) else None
+                names.append((body.get("name") if isinstance(body, dict) else None) or "(unnamed)")
+            if isinstance(holder.get("function_call"), dict):
+                names.append(holder["function_call"].get("name") or "(unnamed)")
+    return names
+
+
+def test_hostile_mutations_never_raise_and_never_deliver_an_unjudged_call() -> None:
+    rng = random.Random(7)
+    bases = [s.data for s in SCENARIOS.values()]
+    for _ in range(600):
+        data = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.choice(b'{}[]":,\\\n0a ')
+        guard = StreamGuard(Judge({"run_sql": "strip"}))
+        cut = rng.randrange(len(data) + 1)
+        out = guard.feed(bytes(data[:cut])) + guard.feed(bytes(data[cut:])) + guard.close()
+        allowed = {d.call.name for d in guard.decisions if d.verdict.delivered}
+        for block in out.split(b"\n\n"):
+            for line in block.split(b"\n"):
+                try:
+                    event = orjson.loads(line[6:]) if line.startswith(b"data: ") else None
+                except orjson.JSONDecodeError:
+                    continue
+                assert set(delivered_names(event)) <= allowed - {"run_sql"}, out
+
+
+# --- non-streamed bodies ----------------------------------------------------------------------------------------------
+
+
+def body(*calls: dict[str, Any], content: Any = None, finish: str = "tool_calls", **message: Any) -> bytes:
+    msg = {"role": "assistant", "content": content, **message}
+    if calls:
+        msg["tool_calls"] = list(calls)
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "choices": [{"index": 0, "message": msg, "finish_reason": finish}],
+        }
+    )
+
+
+SQL_BODY = {"id": "call_abc", "type": "function", "function": {"name": "run_sql", "arguments": '{"query":"SELECT 1"}'}}
+TIME_BODY = {"id": "call_t", "type": "function", "function": {"name": "get_time", "arguments": '{"tz":"UTC"}'}}
+PATCH_BODY = {"id": "call_c", "type": "custom", "custom": {"name": "apply_patch", "input": "*** Begin Patch"}}
+
+
+def test_body_all_allowed_is_unchanged() -> None:
+    raw = body(SQL_BODY, TIME_BODY, PATCH_BODY)
+    judge = Judge({})
+    result = judge_body(raw, judge)
+    assert result.body == raw and result.blocked is None
+    assert judge.seen == [SQL, TIME, ("apply_patch", {"input": "*** Begin Patch"}, "call_c", "custom", None)]
+
+
+@pytest.mark.parametrize(
+    ("raw", "table", "calls", "content", "finish"),
+    [
+        pytest.param(
+            body(SQL_BODY, TIME_BODY),
+            {"run_sql": "strip"},
+            [TIME_BODY],
+            notice_text("run_sql"),
+            "tool_calls",
+            id="one-of-two",
+        ),
+        pytest.param(
+            body(SQL_BODY, content="Sure."),
+            {"run_sql": "strip"},
+            None,
+            "Sure.\n" + notice_text("run_sql"),
+            "stop",
+            id="all",
+        ),
+        pytest.param(
+            body(function_call={"name": "run_sql", "arguments": "{}"}, finish="function_call"),
+            {"run_sql": "strip"},
+            None,
+            notice_text("run_sql"),
+            "stop",
+            id="deprecated-function-call",
+        ),
+        pytest.param(
+            body({**SQL_BODY, "function": {"name": "run_sql", "arguments": "{oops"}}),
+            {"run_sql": "strip"},
+            None,
+            notice_text("run_sql"),
+            "stop",
+            id="invalid-json",
+        ),
+    ],
+)
+def test_body_strip(raw: bytes, table: dict[str, str], calls: Any, content: str, finish: str) -> None:
+    result = judge_body(raw, Judge(table))
+    doc = orjson.loads(result.body)
+    message = doc["choices"][0]["message"]
+    assert message.get("tool_calls") == calls and "function_call" not in message
+    assert message["content"] == content and doc["choices"][0]["finish_reason"] == finish
+    assert result.blocked is None
+
+
+@pytest.mark.parametrize(
+    ("raw", "name"),
+    [
+        pytest.param(body(SQL_BODY, TIME_BODY), "get_time", id="blocked-call"),
+        pytest.param(b"<html>bad gateway</html>", "(unreadable)", id="not-json"),
+        pytest.param(b'{"choices": {"0": {}}}', "(unreadable)", id="choices-object"),
+        pytest.param(body(tool_calls="run_sql"), "(unreadable)", id="tool-calls-string"),
+    ],
+)
+def test_body_block(raw: bytes, name: str) -> None:
+    result = judge_body(raw, Judge({"get_time": "block"}))
+    assert result.blocked is not None and result.blocked.call.name == name
+    assert result.blocked.verdict.decision == "block"
+    assert orjson.loads(result.body)["error"]["code"] == "tool_call_blocked"
+
+
+def test_body_without_choices_passes() -> None:
+    raw = b'{"error":{"message":"rate limited"}}'
+    assert judge_body(raw, Judge({})).body == raw
+
+
+# --- requests ---------------------------------------------------------------------------------------------------------
+
+FN = {"type": "function", "function": {"name": "run_sql", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [
+        pytest.param(
+            {"tools": [FN, {"type": "custom", "custom": {"name": "apply_patch"}}], "tool_choice": "auto"},
+            RequestTools(declared=[Declared("run_sql", "function"), Declared("apply_patch", "custom")]),
+            id="function-and-custom",
+        ),
+        pytest.param(
+            {
+                "tools": [
+                    {"type": "web_search"},
+                    {"type": "mcp", "server_label": "x"},
+                    {"type": "file_search", "name": "f"},
+                ]
+            },
+            RequestTools(
+                declared=[
+                    Declared(None, "web_search", True),
+                    Declared(None, "mcp", True),
+                    Declared("f", "file_search", True),
+                ]
+            ),
+            id="hosted-types",
+        ),
+        pytest.param(
+            {"tools": ["run_sql", {"type": 3}, {"type": "function"}, {"function": {"name": "x"}}]},
+            RequestTools(
+                declared=[
+                    Declared(None, "invalid"),
+                    Declared(None, "invalid"),
+                    Declared(None, "function"),
+                    Declared("x", "function"),
+                ]
+            ),
+            id="hostile-entries",
+        ),
+        pytest.param(
+            {"tools": {"type": "function"}}, RequestTools(declared=[Declared(None, "invalid")]), id="tools-object"
+        ),
+        pytest.param(
+            {"functions": [{"name": "run_sql"}, 7], "function_call": {"name": "run_sql"}},
+            RequestTools(declared=[Declared("run_sql", "function"), Declared(None, "function")], forced=["run_sql"]),
+            id="deprecated-functions",
+        ),
+        pytest.param(
+            {"tool_choice": {"type": "function", "function": {"name": "run_sql"}}},
+            RequestTools(forced=["run_sql"]),
+            id="named-choice",
+        ),
+        pytest.param(
+            {"tool_choice": {"type": "custom", "custom": {"name": "apply_patch"}}},
+            RequestTools(forced=["apply_patch"]),
+            id="named-custom",
+        ),
+        pytest.param(
+            {
+                "tool_choice": {
+                    "type": "allowed_tools",
+                    "allowed_tools": {
+                        "mode": "auto",
+                        "tools": [
+                            {"type": "function", "function": {"name": "a"}},
+                            {"type": "custom", "custom": {"name": "b"}},
+                            5,
+                        ],
+                    },
+                }
+            },
+            RequestTools(forced=["a", "b"]),
+            id="allowed-tools",
+        ),
+        pytest.param(
+            {"web_search_options": {}}, RequestTools(hosted_other=["web_search_options"]), id="web-search-options"
+        ),
+        pytest.param(
+            {
+                "messages": [
+                    {"role": "user", "content": "hi"},
+                    {
+                        "role": "assistant",
+                        "content": None,
+                        "tool_calls": [
+                            SQL_BODY,
+                            PATCH_BODY,
+                            "x",
+                            {"id": "call_bad", "function": {"name": "run_sql", "arguments": "[1]"}},
+                        ],
+                    },
+                    {"role": "assistant", "function_call": {"name": "get_time", "arguments": ""}},
+                    {"role": "tool", "tool_call_id": "call_abc", "content": "1"},
+                    {"role": "tool", "content": "no id"},
+                    {"role": "function", "name": "get_time", "content": "noon"},
+                    "junk",
+                ]
+            },
+            RequestTools(
+                history=[
+                    ToolCall("run_sql", {"query": "SELECT 1"}, "call_abc", raw_size=20),
+                    ToolCall("apply_patch", {"input": "*** Begin Patch"}, "call_c", "custom", raw_size=15),
+                    ToolCall("run_sql", None, "call_bad", error="not_an_object", raw_size=3),
+                    ToolCall("get_time", {}, None),
+                ],
+                results=[("call_abc", None), (None, None), (None, "get_time")],
+            ),
+            id="history-and-results",
+        ),
+        pytest.param("not a dict", RequestTools(), id="not-an-object"),
+    ],
+)
+def test_read_request(doc: Any, expected: RequestTools) -> None:
+    assert read_request(doc) == expected
