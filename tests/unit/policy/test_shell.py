@@ -173,3 +173,23 @@ def test_reasons_never_hold_arguments() -> None:
 def test_check_never_raises(command: str) -> None:
     reason = OPEN.check(command)
     assert reason is None or isinstance(reason, str)
+
+
+PLAIN_WORD = st.text(alphabet="abcXYZ019_./,:@%+=-", min_size=1, max_size=8)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(PLAIN_WORD, min_size=1, max_size=6))
+def test_plain_lines_read_as_bash_reads_them(words: list[str]) -> None:
+    """Lines of plain words skip the parser: what they judge must be what bashlex (and bash) would read."""
+    import bashlex
+
+    if "=" in words[0]:
+        return  # may be an assignment: such lines go to the parser
+    line = " ".join(words)
+    tree = bashlex.parse(line)
+    assert len(tree) == 1 and tree[0].kind == "command"
+    assert [part.kind for part in tree[0].parts] == ["word"] * len(words)
+    assert [part.word for part in tree[0].parts] == words
+    listed = ShellConstraint.model_validate({"commands": {words[0]: {}}})
+    assert listed.check(line) == listed.check(words)  # the same verdict as the argv form, which no shell reads

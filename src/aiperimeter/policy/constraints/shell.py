@@ -58,6 +58,15 @@ _DENIED_KINDS = {
     "while": "compound commands are not allowed",
     "until": "compound commands are not allowed",
 }
+# A line of plain words: characters that are never special to bash, single spaces between words. Bash reads such a
+# line one way only, as its words split on the spaces, so it needs no parser (bashlex costs about 0.5 ms a line; a
+# property test holds this reading to bashlex's). Reserved words and a first word with `=` (an assignment) still go
+# to the parser.
+_PLAIN_LINE = re.compile(r"[A-Za-z0-9_./,:@%+=-]+(?: [A-Za-z0-9_./,:@%+=-]+)*")
+_RESERVED = frozenset(
+    {"if", "then", "else", "elif", "fi", "case", "esac", "for", "select", "while", "until", "do", "done", "in",
+     "function", "time", "coproc"}
+)  # fmt: skip
 _PLAIN_KINDS = frozenset({"list", "pipeline", "command", "word", "tilde", "operator", "pipe", "redirect", "compound"})
 
 
@@ -259,6 +268,11 @@ class ShellConstraint(Constraint):
             return "NUL byte in command"
         if not line.strip():
             return "empty command"
+        plain = line.strip(" ")
+        if _PLAIN_LINE.fullmatch(plain):
+            argv = plain.split(" ")
+            if "=" not in argv[0] and argv[0] not in _RESERVED:
+                return self._judge_argv(argv, [False] * len(argv))
         try:
             trees = bashlex.parse(line)
         except Exception:

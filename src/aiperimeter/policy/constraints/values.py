@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import re2
-from jsonschema import Draft202012Validator, SchemaError
 from pydantic import ConfigDict, Field, PrivateAttr, StrictFloat, StrictInt, field_validator, model_validator
-from referencing import Registry
 
 from aiperimeter.policy.constraints.base import Constraint
+
+if TYPE_CHECKING:
+    from jsonschema import Draft202012Validator
 
 JSONType = Literal["string", "number", "integer", "boolean", "array", "object"]
 Number = StrictInt | StrictFloat
@@ -176,6 +177,9 @@ class SchemaConstraint(Constraint):
         for where, ref in _refs(value):
             if not isinstance(ref, str) or not ref.startswith("#"):
                 raise ValueError(f"reference at {where or '/'} must be local ('#/...'); schemas are never fetched")
+        # Imported when a policy has a schema: jsonschema loads every optional format library it finds at import.
+        from jsonschema import Draft202012Validator, SchemaError
+
         try:
             Draft202012Validator.check_schema(value)
         except SchemaError as error:
@@ -184,6 +188,9 @@ class SchemaConstraint(Constraint):
         return value
 
     def model_post_init(self, context: Any, /) -> None:
+        from jsonschema import Draft202012Validator
+        from referencing import Registry
+
         # An empty registry with no retrieval: a reference that is not in the schema itself fails, it is not fetched.
         self._validator = Draft202012Validator(self.json_schema, registry=Registry())
 
