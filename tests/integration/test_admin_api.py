@@ -528,3 +528,22 @@ def test_changes_are_published_on_the_bus(upstream: FakeUpstream, tmp_path: Path
         pubsub.close()
         client.close()
         gateway.stop()
+
+
+def test_keys_are_created_with_a_tool_policy_the_gateway_has_loaded(upstream: FakeUpstream, tmp_path: Path) -> None:
+    policies = tmp_path / "policies"
+    policies.mkdir()
+    (policies / "analytics.yaml").write_text("tools: {run_sql: }\n")
+    gateway, port, admin = start(tmp_path, upstream, "--tool-policies", str(policies))
+    try:
+        created = api(port, "POST", "/admin/keys", admin, {"name": "bot", "tool_policy": "analytics"})
+        assert created.status == 201 and created.json()["tool_policy"] == "analytics"
+        unknown = api(port, "POST", "/admin/keys", admin, {"name": "bot", "tool_policy": "analytic"})
+        assert (unknown.status, unknown.code) == (400, "unknown_tool_policy")
+        assert "loaded: analytics" in unknown.json()["error"]["message"]  # type: ignore[index]
+        invalid = api(port, "POST", "/admin/keys", admin, {"name": "bot", "tool_policy": "../etc"})
+        assert invalid.status == 400
+        listed = api(port, "GET", "/admin/keys", admin).json()["data"]
+        assert sorted(str(k["tool_policy"]) for k in listed) == ["None", "analytics"]  # type: ignore[index, union-attr]
+    finally:
+        gateway.stop()

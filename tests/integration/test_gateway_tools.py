@@ -5,6 +5,8 @@ refuses undeclared, hosted and unanswered tools before the model server sees any
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,6 +23,7 @@ from aiohttp import web
 
 from tests.support import toolwire
 from tests.support.gateway import GatewayProcess, add_key, run_gateway_expecting_exit, start_gateway
+from tests.support.leaks import LEAKS
 from tests.support.toolwire import Call
 from tests.support.upstream import FakeUpstream
 
@@ -449,3 +452,23 @@ def test_an_invalid_policy_stops_the_start_with_its_file_and_field(tmp_path: Pat
     assert code == 2
     assert "broken.yaml" in text and "tools.run_sql.args.query.sql.dialect" in text
     assert "Traceback" not in text
+
+
+def test_a_key_created_with_the_cli_is_held_to_its_policy_at_once(env: Env) -> None:
+    def cli(*args: str) -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "aiperimeter", "keys", *args, "--data-dir", str(env.gateway.data_dir)]
+        return subprocess.run(command, capture_output=True, timeout=60, check=False)
+
+    done = cli("create", "--name", "cli-bot", "--tool-policy", "agent-block", "--json")
+    assert done.returncode == 0, done.stderr
+    created = orjson.loads(done.stdout)
+    LEAKS.secrets.add(created["secret"])
+    assert created["tool_policy"] == "agent-block"
+    env.keys["cli"] = created["secret"]
+    env.upstream.clear()
+    status, doc = post(env, "/v1/chat/completions", "cli", {"model": "m", "messages": [], "functions": [{"name": "x"}]})
+    assert (status, doc["error"]["code"]) == (403, "tool_not_allowed") and env.upstream.calls() == []
+    listed = {k["name"]: k["tool_policy"] for k in orjson.loads(cli("list", "--json").stdout)}
+    assert listed["cli-bot"] == "agent-block" and listed["free"] is None
+    refused = cli("create", "--name", "x", "--tool-policy", "Bad Name")
+    assert refused.returncode == 2 and b"--tool-policy takes a policy name" in refused.stderr
