@@ -41,13 +41,13 @@ class Policy:
                 None, "tools.hosted", f"{call.name!r} {what}; the gateway cannot check it", malformed=True
             )
         rule = self.spec.tools.get(call.name)
-        if rule is None:
-            return self._deny(None, "tools.not_listed", f"tool {call.name[:64]!r} is not in policy {self.name!r}")
-        base = f"tools.{call.name}"
+        base = f"tools.{call.name[:128]}"
         args = call.arguments
-        if args is None:
+        if args is None:  # before the listing: a call nobody can execute is not delivered, listed or not, audit or not
             reason = _ARGUMENT_ERRORS.get(call.error or "", "the arguments are unusable")
             return self._deny(rule, f"{base}.arguments", reason, malformed=True)
+        if rule is None:
+            return self._deny(None, "tools.not_listed", f"tool {call.name[:64]!r} is not in policy {self.name!r}")
         if rule.schema_ is not None:
             problem = rule.schema_.check(args)
             if problem is not None:
@@ -134,8 +134,8 @@ class Policy:
             elif call.call_id is not None:
                 refused_ids.add(call.call_id)
         for call_id, tool_name in tools.results:
-            if call_id is not None and call_id in delivered_ids:
-                continue
+            if call_id is not None and call_id in delivered_ids and call_id not in refused_ids:
+                continue  # an id shared with a refused call answers that call too: refused below
             if call_id is None and tool_name is None:
                 raise BadRequest("invalid_tool_result", "A tool result names neither its call id nor its tool.")
             if call_id is None and tool_name in delivered_names:

@@ -94,7 +94,9 @@ class Forward(Stage):
         content = upstream.content
         if ex.method == "HEAD" or upstream.status in (204, 304):
             length = 0  # no body follows, whatever Content-Length says
-        elif ex.tools is not None and 200 <= upstream.status < 300:
+        elif ex.tools is not None and upstream.status < 400:
+            if upstream.status >= 300:  # SDKs follow redirects: the call would be made where no policy holds
+                raise UpstreamError("upstream_redirect", "The model server answered with a redirect; not followed.")
             await self._relay_guarded(ex, upstream, headers, framer, sent)
             return
         if not ex.stream and length is not None and length <= SMALL_BODY:
@@ -134,10 +136,14 @@ class Forward(Stage):
         """Relay a response whose tool calls a policy judges: through the wire format's guard, which holds each call
         back only until its arguments are complete. Anything the guard could not read is refused, never passed."""
         plan = ex.tools
-        if upstream.headers.get("Content-Encoding", "identity").lower() != "identity":
+        encodings = {t.strip().lower() for v in upstream.headers.getall("Content-Encoding", ()) for t in v.split(",")}
+        if encodings - {"identity", ""}:
             raise UpstreamError("upstream_encoded", "The model server compressed its response; it cannot be checked.")
         content = upstream.content
-        if not ex.stream:
+        # Judged as the client will read it: a client that asked for a stream reads a stream, one that did not
+        # parses the whole body, whatever Content-Type the upstream gave.
+        ex.stream = plan.streamed
+        if not plan.streamed:
             body = await self._read_whole(content)
             ex.upstream_ms = (time.perf_counter() - sent) * 1000
             ex.bytes_out = len(body)

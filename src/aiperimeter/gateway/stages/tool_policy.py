@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from aiperimeter.errors import Forbidden, ToolCallBlocked
+from aiperimeter.errors import BadRequest, Forbidden, ToolCallBlocked
 from aiperimeter.gateway.pipeline import Exchange, Stage
 from aiperimeter.gateway.tools import anthropic, ollama, openai_chat, openai_responses
 from aiperimeter.policy.calls import Decision, ToolCall, Verdict
@@ -29,9 +29,41 @@ FORMATS: dict[str, ModuleType] = {
     "/v1/messages": anthropic,
     "/v1/messages/count_tokens": anthropic,
     "/api/chat": ollama,
+    "/invocations": openai_chat,  # vLLM (admin scope): runs chat completions
 }
+STREAMS_BY_DEFAULT = frozenset({"/api/chat"})  # Ollama streams unless the request says "stream": false
 # Body fields that carry tools in some format: on a route this stage cannot read tools from, they are refused.
 TOOL_FIELDS = ("tools", "functions", "tool_choice", "function_call", "mcp_servers", "tool_resources")
+# Field names that carry tools, calls or results in some format. Go's encoding/json (Ollama, LocalAI) matches object
+# keys to them without regard to case, so `Tools` is `tools` upstream: a case variant of one is refused.
+KNOWN_FIELDS = frozenset(
+    {"model", "stream", "messages", "input", "prompt", "role", "content", "tools", "functions", "tool_choice",
+     "function_call", "function", "custom", "allowed_tools", "mcp_servers", "container", "name", "type", "arguments",
+     "tool_calls", "tool_call_id", "tool_name", "tool_use_id", "call_id", "output", "id"}
+)  # fmt: skip
+# Objects under these keys are the caller's own data (schemas, arguments), decoded as maps, not matched to fields.
+FREE_FORM = frozenset({"parameters", "input_schema", "schema", "arguments", "input", "metadata", "properties"})
+MAX_DEPTH = 64
+
+
+def case_variant(doc: Any, depth: int = 0) -> str | None:
+    """The first object key in `doc` that a case-insensitive decoder would read as a known field it is not."""
+    if depth > MAX_DEPTH:
+        return "(nesting)"
+    if isinstance(doc, list):
+        for item in doc:
+            if isinstance(item, dict | list) and (found := case_variant(item, depth + 1)):
+                return found
+        return None
+    if not isinstance(doc, dict):
+        return None
+    for key, value in doc.items():
+        if key not in KNOWN_FIELDS and str(key).casefold() in KNOWN_FIELDS:
+            return str(key)
+        nested = isinstance(value, list) or (isinstance(value, dict) and key not in FREE_FORM)
+        if nested and (found := case_variant(value, depth + 1)):
+            return found
+    return None
 
 
 @dataclass(slots=True)
@@ -40,6 +72,7 @@ class ToolPlan:
 
     policy: Policy
     format: ModuleType
+    streamed: bool = False  # the request asked for a stream: the response is judged as one, whatever its label
     decisions: list[Decision] = field(default_factory=list)
 
     def judge(self, call: ToolCall) -> Verdict:
@@ -92,7 +125,15 @@ class ToolPolicy(Stage):
                         f"This key is held to a tool policy, and this route's {tool_field!r} field cannot be checked.",
                     )
             return
-        plan = ex.tools = ToolPlan(policy, wire)
+        variant = case_variant(ex.json)
+        if variant is not None:
+            raise BadRequest(
+                "ambiguous_field",
+                f"The request body has a field {variant[:64]!r} that some servers read as another, known field; "
+                "spell field names exactly.",
+            )
+        streamed = ex.json.get("stream", ex.path in STREAMS_BY_DEFAULT) is True
+        plan = ex.tools = ToolPlan(policy, wire, streamed)
         try:
             plan.decisions.extend(policy.check_request(wire.read_request(ex.json)))
         except ToolCallBlocked as refused:
