@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from aiperimeter.errors import BadRequest, Forbidden, ToolCallBlocked
 from aiperimeter.gateway.pipeline import Exchange, Stage
 from aiperimeter.gateway.tools import anthropic, ollama, openai_chat, openai_responses
+from aiperimeter.gateway.tools.casefold import case_variant, may_hide
 from aiperimeter.policy.calls import Decision, ToolCall, Verdict
 from aiperimeter.policy.engine import summarise
 
@@ -43,27 +44,6 @@ KNOWN_FIELDS = frozenset(
 )  # fmt: skip
 # Objects under these keys are the caller's own data (schemas, arguments), decoded as maps, not matched to fields.
 FREE_FORM = frozenset({"parameters", "input_schema", "schema", "arguments", "input", "metadata", "properties"})
-MAX_DEPTH = 64
-
-
-def case_variant(doc: Any, depth: int = 0) -> str | None:
-    """The first object key in `doc` that a case-insensitive decoder would read as a known field it is not."""
-    if depth > MAX_DEPTH:
-        return "(nesting)"
-    if isinstance(doc, list):
-        for item in doc:
-            if isinstance(item, dict | list) and (found := case_variant(item, depth + 1)):
-                return found
-        return None
-    if not isinstance(doc, dict):
-        return None
-    for key, value in doc.items():
-        if key not in KNOWN_FIELDS and str(key).casefold() in KNOWN_FIELDS:
-            return str(key)
-        nested = isinstance(value, list) or (isinstance(value, dict) and key not in FREE_FORM)
-        if nested and (found := case_variant(value, depth + 1)):
-            return found
-    return None
 
 
 @dataclass(slots=True)
@@ -125,7 +105,7 @@ class ToolPolicy(Stage):
                         f"This key is held to a tool policy, and this route's {tool_field!r} field cannot be checked.",
                     )
             return
-        variant = case_variant(ex.json)
+        variant = case_variant(ex.json, KNOWN_FIELDS, FREE_FORM) if may_hide(ex.body) else None
         if variant is not None:
             raise BadRequest(
                 "ambiguous_field",
