@@ -326,7 +326,6 @@ def test_case_variant_tool_keys_for_go_upstreams_are_refused(env: Env, path: str
     assert status in (400, 403) and not reached
 
 
-@pytest.mark.xfail(strict=True, reason="a Responses stored prompt (`prompt`) brings its own tools, hosted ones too")
 def test_a_stored_prompt_is_refused_for_a_key_with_a_policy(env: Env) -> None:
     body = {"model": "m", "prompt": {"id": "pmpt_1"}}
     assert attempt(env, "/v1/responses", body) == (403, "hosted_tool_not_allowed", False)
@@ -442,8 +441,6 @@ def test_a_json_body_labelled_as_a_stream_is_judged(env: Env, label: str) -> Non
     assert not dropped(seen), seen
 
 
-@pytest.mark.xfail(strict=True, reason="an event named `ping` whose data orjson cannot parse (NaN, Infinity, a lone "
-                   "surrogate) passes unjudged; the SDK reads it with Python's json, which accepts them")  # fmt: skip
 @pytest.mark.parametrize("fmt", ["chat", "responses"])
 def test_a_ping_event_cannot_carry_a_call(env: Env, fmt: str) -> None:
     if fmt == "chat":
@@ -458,8 +455,6 @@ def test_a_ping_event_cannot_carry_a_call(env: Env, fmt: str) -> None:
     assert not dropped(seen), seen
 
 
-@pytest.mark.xfail(strict=True, reason="an event whose lines are not `data:` passes as it is; SSE parsers that follow "
-                   "the spec (browsers, undici, eventsource-parser) drop a leading BOM and read the call")  # fmt: skip
 def test_a_byte_order_mark_does_not_hide_a_call(env: Env) -> None:
     chunk = chat_chunk(tool_delta("run_sql", DROP), "tool_calls")
     env.replies["/v1/chat/completions"] = Reply([b"\xef\xbb\xbf" + sse(chunk), b"data: [DONE]\n\n"], SSE)
@@ -474,8 +469,6 @@ def test_a_byte_order_mark_does_not_hide_a_call(env: Env) -> None:
     assert all(_args(c["function"]["arguments"]) != DROP_ARGS for c in calls), calls
 
 
-@pytest.mark.xfail(strict=True, reason="a Responses item whose id or call_id matches an item judged whole and "
-                   "delivered is passed as given, whatever its name and arguments")  # fmt: skip
 @pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
 def test_responses_items_sharing_an_id_are_each_judged(env: Env, stream: bool) -> None:
     if stream:
@@ -494,9 +487,6 @@ def test_responses_items_sharing_an_id_are_each_judged(env: Env, stream: bool) -
     assert not dropped(seen), seen
 
 
-@pytest.mark.xfail(strict=True, reason="Anthropic blocks are judged by their event index, but the SDK appends each "
-                   "started block and applies a delta to content[index]: with content in message_start the two differ, "
-                   "and one call's judged input lands on another call")  # fmt: skip
 def test_anthropic_block_indexes_cannot_move_input_between_calls(env: Env) -> None:
     def block(index: int, content: dict[str, Any]) -> bytes:
         return sse({"type": "content_block_start", "index": index, "content_block": content}, "content_block_start")
@@ -522,8 +512,6 @@ def test_anthropic_block_indexes_cannot_move_input_between_calls(env: Env) -> No
     assert not dropped(seen), seen
 
 
-@pytest.mark.xfail(strict=True, reason="a chat call with both a `custom` and a `function` body is judged as "
-                   "the custom one and passed as it came; the SDK (no `type`) runs the function")  # fmt: skip
 def test_a_chat_call_with_two_bodies_is_refused(env: Env) -> None:
     call = {"id": "c1", "custom": {"name": "get_time", "input": "now"}, "function": {"name": "run_sql",
             "arguments": DROP}}  # fmt: skip
@@ -544,8 +532,6 @@ GO_RESPONSES = [
 ]  # fmt: skip
 
 
-@pytest.mark.xfail(strict=True, reason="calls under case variants of their keys pass unjudged; Go clients "
-                   "(encoding/json: Ollama's api package, go-openai) match keys without regard to case")  # fmt: skip
 @pytest.mark.parametrize(("path", "line", "label", "where"), GO_RESPONSES)
 def test_calls_under_case_variant_keys_are_judged(
     env: Env, path: str, line: bytes, label: str, where: tuple[str, str]
@@ -586,8 +572,6 @@ def test_a_second_content_encoding_header_is_not_a_way_around(env: Env) -> None:
 DEEP = b'{"x":' * 300 + SELECT.encode() + b"}" * 300  # deeper than orjson.dumps goes (254), not orjson.loads (1024)
 
 
-@pytest.mark.xfail(strict=True, reason="arguments nested deeper than orjson.dumps allows (254) raise TypeError in "
-                   "arguments_of (chat, Ollama): a 500 and a traceback instead of a policy decision")  # fmt: skip
 @pytest.mark.parametrize("side", ["response", "request"])
 def test_deeply_nested_object_arguments_get_a_policy_answer(env: Env, side: str) -> None:
     if side == "response":
@@ -602,8 +586,6 @@ def test_deeply_nested_object_arguments_get_a_policy_answer(env: Env, side: str)
         assert status in (400, 403) and not reached
 
 
-@pytest.mark.xfail(strict=True, reason="the Responses guard holds any number of calls and matches a snapshot's items "
-                   "against them pairwise (O(calls x items)), stalling the worker's event loop")  # fmt: skip
 def test_many_held_responses_calls_do_not_stall_the_gateway(env: Env) -> None:
     count = 8000
     added = [

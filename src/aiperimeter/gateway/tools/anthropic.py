@@ -5,7 +5,9 @@ to run (`bash_*`, `text_editor_*`, `computer_*`, `memory_*`) come back as ordina
 typed tool, `mcp_servers` and `container` run at Anthropic, out of the gateway's sight.
 
 A response is a list of content blocks; streamed, each block is `content_block_start`, deltas and
-`content_block_stop` at its index, and clients address blocks by that index. A `tool_use` block's input arrives as
+`content_block_stop` at its index. Clients append each started block to the content and apply deltas to
+content[index]: a block whose index is not the number of blocks so far (those in `message_start` counted) could be
+read as another block, and is unreadable. A `tool_use` block's input arrives as
 `input_json_delta` fragments that may not parse until the block stops (fine-grained streaming), so it is judged only
 then. A held block is released as start, one delta with the whole input, stop; a stripped one becomes a text block
 at the same index. When every `tool_use` was stripped, `stop_reason` "tool_use" becomes "end_turn".
@@ -29,12 +31,33 @@ from aiperimeter.gateway.tools.base import (
     parse_arguments,
     sse,
 )
-from aiperimeter.gateway.tools.event_guard import EventGuard, Slot, Verdicts, index_of, label, refused, unreadable
+from aiperimeter.gateway.tools.event_guard import (
+    EventGuard,
+    Slot,
+    Verdicts,
+    hides_a_field,
+    index_of,
+    label,
+    refused,
+    unreadable,
+)
 from aiperimeter.policy.calls import Decision, Judge, ToolCall
 
 TEXT_BLOCKS = frozenset({"text", "thinking", "redacted_thinking"})  # blocks that are not calls
 CLIENT_BUILTINS = ("bash_", "text_editor_", "computer_", "memory_")  # typed tools the client runs
 HOSTED_FIELDS = ("mcp_servers", "container")
+# Every field name of a message, its events and content blocks: a key that folds to one of these but is not spelled
+# as it is could be read as it by a case-insensitive client.
+KNOWN_FIELDS = frozenset(
+    {
+        "cache_creation", "cache_creation_input_tokens", "cache_read_input_tokens", "caller", "citations", "container",
+        "content", "content_block", "context_management", "data", "delta", "error", "id", "index", "input",
+        "input_tokens", "is_error", "message", "model", "name", "output_tokens", "partial_json", "role",
+        "server_name", "server_tool_use", "service_tier", "signature", "stop_reason", "stop_sequence", "text",
+        "thinking", "tool_use_id", "type", "usage",
+    }
+)  # fmt: skip
+FREE_FORM = frozenset({"input", "input_schema", "metadata"})  # a call's input is the tool's own data
 
 
 def _str(value: Any) -> str | None:
@@ -175,15 +198,17 @@ class _Use:
 class StreamGuard(EventGuard):
     """Holds each streamed `tool_use` block until it stops, has it judged once, and releases, strips or blocks it."""
 
+    KNOWN_FIELDS = KNOWN_FIELDS
+    FREE_FORM = FREE_FORM
+
     def __init__(self, judge: Judge) -> None:
         super().__init__(judge)
         self._content = _Content(self._verdicts)
+        self._started = False  # a message_start came: a second one could be read as a new message or ignored
+        self._blocks = 0  # content blocks so far, as a client appends them: the next block's index
         self._uses: dict[int, _Use] = {}  # held, by content index
         self._through: set[int] = set()  # judged and delivered while still streaming: the rest passes
         self._dropped: set[int] = set()  # stripped, or released whole: the upstream's later events are not sent
-
-    def _held_size(self) -> int:
-        return sum(use.size for use in self._uses.values())
 
     def _end_held(self, error: str | None, ended: bool) -> None:
         for use in list(self._uses.values()):
@@ -219,12 +244,22 @@ class StreamGuard(EventGuard):
             index = index_of(doc.get("index"))
             if index in self._uses and kind == "content_block_stop":
                 self._finish(self._uses[index])
-            elif index not in self._dropped and index not in self._uses:
+            elif index not in self._dropped and index not in self._uses and self._has(doc, index):
                 self._out.put(event.raw)
+
+    def _has(self, doc: dict[str, Any], index: int | None) -> bool:
+        """Whether the client has the block an event addresses, if it addresses one: an event for a block it never
+        got is not sent."""
+        return index is not None and index < self._blocks if "index" in doc else True
 
     def _message_start(self, event: RawEvent, doc: dict[str, Any]) -> None:
         message = doc.get("message")
         content = message.get("content") if isinstance(message, dict) else None
+        if self._started or self._blocks:
+            self._verdicts.take(unreadable())
+            return
+        self._started = True
+        self._blocks = len(content) if isinstance(content, list) else 0
         if not content:
             self._out.put(event.raw)
             return
@@ -241,18 +276,15 @@ class StreamGuard(EventGuard):
 
     def _block_start(self, event: RawEvent, doc: dict[str, Any]) -> None:
         index, block = index_of(doc.get("index")), doc.get("content_block")
-        if index is None or not isinstance(block, dict):
-            self._verdicts.take(unreadable())
+        if index is None or not isinstance(block, dict) or index != self._blocks:
+            self._verdicts.take(unreadable())  # an index a client would not give the block it appends
             return
-        if index in self._uses:  # a reused index: the block held there has ended
-            self._finish(self._uses[index])
-            if self._verdicts.blocked:
-                return
-        self._through.discard(index)
-        self._dropped.discard(index)
+        self._blocks += 1
         kind = _str(block.get("type")) or ""
         hidden = self._content.hidden_result(block)
         if kind == "tool_use":
+            if not self._count():
+                return
             self._uses[index] = _Use(index, block, self._out.hold())
         elif kind in TEXT_BLOCKS or (kind.endswith("_tool_result") and hidden is None):
             self._out.put(event.raw)
@@ -276,7 +308,8 @@ class StreamGuard(EventGuard):
         use = self._uses.get(index) if index is not None else None
         if use is None:
             if index in self._through or (isinstance(delta, dict) and kind != "input_json_delta"):
-                self._out.put(event.raw)
+                if self._has(doc, index):
+                    self._out.put(event.raw)
             else:
                 self._verdicts.take(unreadable())  # input with no tool_use block to hold it
             return
@@ -286,14 +319,43 @@ class StreamGuard(EventGuard):
         if not isinstance(partial, str):
             self._verdicts.take(unreadable())
             return
-        use.parts.append(partial)
-        use.size += len(partial)
+        self._append(use, partial)
         if use.size > MAX_CALL_BYTES:
             self._finish(use, "too_large", ended=False)
+
+    def _append(self, use: _Use, partial: str) -> None:
+        use.parts.append(partial)
+        use.size += len(partial)
+        self._held += len(partial)
+
+    def _fragment(self, event: RawEvent, doc: Any) -> bool:
+        """The hot path: an `input_json_delta` for a held block that stays under the cap, appended as `_delta` would.
+
+        Only exact types are taken (`type(x) is int` also turns away a bool index); anything else goes the general
+        way. A held index is never in `_dropped`, but that is checked all the same so that the equivalence with
+        `_delta` does not rest on it.
+        """
+        if type(doc) is not dict or doc.get("type") != "content_block_delta":
+            return False
+        index, delta = doc.get("index"), doc.get("delta")
+        use = self._uses.get(index) if type(index) is int else None
+        if use is None or type(delta) is not dict or delta.get("type") != "input_json_delta":
+            return False
+        partial = delta.get("partial_json")
+        if type(partial) is not str or event.event not in (None, "content_block_delta") or index in self._dropped:
+            return False
+        size = len(partial)
+        if use.size + size > MAX_CALL_BYTES:
+            return False
+        use.parts.append(partial)  # `_append`, inlined: this is the per-fragment cost
+        use.size += size
+        self._held += size
+        return True
 
     def _finish(self, use: _Use, error: str | None = None, ended: bool = True) -> None:
         """Judges a held block once. `ended` is False when a cap cuts it short: a delivered block then streams on."""
         del self._uses[use.index]
+        self._held -= use.size
         buffer = "".join(use.parts)
         call = call_of_block(use.block, buffer, error)
         outcome, text = self._content.take(call, client=True)
@@ -351,7 +413,11 @@ def judge_body(body: bytes, judge: Judge) -> BodyResult:
     except orjson.JSONDecodeError:
         doc = None
     content = doc.get("content") if isinstance(doc, dict) else None
-    if not isinstance(doc, dict) or (content is not None and not isinstance(content, list)):
+    if (
+        not isinstance(doc, dict)
+        or (content is not None and not isinstance(content, list))
+        or hides_a_field(body, doc, KNOWN_FIELDS, FREE_FORM)
+    ):
         verdicts.take(unreadable())
         return refused(verdicts)  # never delivered, whatever the verdict
     blocks = _Content(verdicts)

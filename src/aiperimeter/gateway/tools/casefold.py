@@ -14,7 +14,7 @@ from typing import Any
 
 MAX_DEPTH = 64
 # A key that could fold to another name holds an uppercase or non-ASCII letter, or an escape: most events have none.
-_SUSPECT_KEY = re.compile(rb'"[^"\\]*(?:[A-Z\x80-\xff\\])[^"]*"\s*:')
+_SUSPECT_KEY = re.compile(rb'[A-Z\x80-\xff\\][^"]*"\s*:')
 
 
 def may_hide(raw: bytes) -> bool:

@@ -6,14 +6,17 @@ the one place where a call's verdict is taken and recorded.
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import Any, ClassVar
 
 import orjson
 
 from aiperimeter.gateway.tools.base import MAX_EVENT_BYTES, BodyResult, RawEvent, SSESplitter, error_json
+from aiperimeter.gateway.tools.casefold import case_variant, may_hide
 from aiperimeter.policy.calls import Decision, Judge, ToolCall, Verdict
 
 LABEL_CHARS = 64  # a type or name echoed from a hostile body is cut to this
+MAX_CALLS = 4096  # calls in one response; a response with more is not judged call by call: it is refused
+PING = {"type": "ping"}
 
 
 def label(value: Any, fallback: str) -> str:
@@ -29,6 +32,15 @@ def index_of(value: Any) -> int | None:
 def unreadable() -> ToolCall:
     """The stand-in judged for bytes that could hide a call but cannot be read."""
     return ToolCall(name="(unreadable)", arguments=None, error="unreadable")
+
+
+def hides_a_field(raw: bytes, doc: Any, known: frozenset[str], free_form: frozenset[str]) -> bool:
+    """Whether a key in `doc` is a case variant of a field a case-insensitive reader (Go's encoding/json) would take
+    it for: the one regex search on `raw` rules that out for almost every event, and for most a cheaper test first (no
+    uppercase ASCII letter, no byte past ASCII, no escape: nothing the regex looks for)."""
+    if raw.islower() and raw.isascii() and b"\\" not in raw:
+        return False
+    return may_hide(raw) and case_variant(doc, known, free_form) is not None
 
 
 class Slot:
@@ -57,6 +69,9 @@ class Outbox:
         return slot
 
     def drain(self) -> bytes:
+        head = self._queue[0] if self._queue else None
+        if head is None or (isinstance(head, Slot) and head.out is None):
+            return b""  # the usual case while a call is held: nothing became releasable
         out: list[bytes] = []
         while self._queue:
             head = self._queue[0]
@@ -85,6 +100,9 @@ class Verdicts:
 
     def take(self, call: ToolCall) -> str:
         """Returns "deliver", "strip" or "block" (a block also sets `blocked`)."""
+        if len(self.decisions) >= MAX_CALLS:
+            self.refuse()
+            return "block"
         verdict = self._judge(call)
         decision = Decision(call, verdict)
         self.decisions.append(decision)
@@ -94,6 +112,15 @@ class Verdicts:
             return "strip"
         self.blocked = decision
         return "block"
+
+    def refuse(self) -> None:
+        """Blocks the response as unreadable whatever the judge says: what could not be judged call by call."""
+        call = unreadable()
+        verdict = self._judge(call)
+        if verdict.decision != "block":
+            verdict = Verdict("block", verdict.rule, verdict.reason)
+        self.blocked = Decision(call, verdict)
+        self.decisions.append(self.blocked)
 
     @property
     def last(self) -> Verdict:
@@ -109,11 +136,20 @@ def refused(verdicts: Verdicts) -> BodyResult:
 class EventGuard:
     """The feed/close loop of a guard on a stream of typed JSON events; a format supplies `_typed` and its held calls.
 
-    Events are read whole. Comments, `[DONE]` and pings pass; any other event that is not a JSON object with a string
-    `type` (equal to its `event:` name, if it has one, so no client reads it as another event) could hide a call, and
-    is judged as unreadable and never delivered. What waits behind held calls is capped: past the cap, held calls are
-    judged as too large. At the end of the stream, whatever is still held is judged as incomplete.
+    Events are read whole. Comments, empty data, `[DONE]` and pings (empty, or exactly `{"type": "ping"}`) pass; any
+    other event that is not a JSON object with a string `type` (equal to its `event:` name, if it has one, so no
+    client reads it as another event) could hide a call, and is judged as unreadable and never delivered. So is one
+    with a line that is not a field SSE parsers know, or with a key that is not one of the format's `KNOWN_FIELDS`
+    but that a case-insensitive reader takes for one. What waits behind held calls is capped: past the cap, held
+    calls are judged as too large; so is the number of calls. At the end of the stream, whatever is still held is
+    judged as incomplete.
+
+    Most events of a streamed call carry only the next fragment of its payload: a format may take those in
+    `_fragment`, a fast path that must do exactly what its general path would do with them, and decline the rest.
     """
+
+    KNOWN_FIELDS: ClassVar[frozenset[str]] = frozenset()  # every field name of the format's events
+    FREE_FORM: ClassVar[frozenset[str]] = frozenset()  # fields whose objects are the caller's own data: not checked
 
     def __init__(self, judge: Judge) -> None:
         self._verdicts = Verdicts(judge)
@@ -122,21 +158,28 @@ class EventGuard:
         self._sse = SSESplitter()
         self._out = Outbox()
         self._stopped = False
+        self._held = 0  # payload bytes of the calls a format holds, kept by the format as they grow and end
+        self._counted = 0  # calls a format started to hold
 
     def feed(self, chunk: bytes) -> bytes:
         if self._stopped:
             return b""
+        general = False  # an event went the general way: something may have become releasable
         for event in self._sse.feed(chunk):
-            self._event(event)
-            if self._verdicts.blocked:
-                return self._stop()
+            if self._event(event):
+                general = True
+                if self._verdicts.blocked:
+                    return self._stop()
         if self._sse.oversized:
             self._sse.oversized = False
-            self._verdicts.take(unreadable())
-        held = self._held_size()
-        if not self._verdicts.blocked and held and self._out.queued + held > MAX_EVENT_BYTES:
+            if self._verdicts.take(unreadable()) == "block":
+                return self._stop()
+        if self._held and self._out.queued + self._held > MAX_EVENT_BYTES:
             self._end_held("too_large", ended=False)
-        return self._stop() if self._verdicts.blocked else self._out.drain()
+            if self._verdicts.blocked:
+                return self._stop()
+            general = True
+        return self._out.drain() if general else b""  # a fragment only grows a held call: nothing to release
 
     def close(self) -> bytes:
         if self._stopped:
@@ -157,27 +200,53 @@ class EventGuard:
         self._out.clear()
         return out
 
-    def _event(self, event: RawEvent) -> None:
+    def _event(self, event: RawEvent) -> bool:
+        """Reads one event; False when `_fragment` took it, so that it changed nothing the client can get yet."""
+        if event.odd_lines:  # a field SSE parsers ignore but other readers might not: it can be read two ways
+            self._verdicts.take(unreadable())
+            return True
         try:
             doc = orjson.loads(event.data)
-        except orjson.JSONDecodeError:
+        except orjson.JSONDecodeError:  # Python's json reads NaN, Infinity and lone surrogates that orjson refuses
             data = event.data.strip()
-            if not data or data == b"[DONE]" or event.event == "ping":
+            if not data or data == b"[DONE]":
                 self._out.put(event.raw)
             else:
                 self._verdicts.take(unreadable())
-            return
+            return True
+        if self._fragment(event, doc):  # never relayed: the held call is released as judged
+            return False
         kind = doc.get("type") if isinstance(doc, dict) else None
-        if not isinstance(doc, dict) or not isinstance(kind, str) or event.event not in (None, kind):
+        if event.event == "ping" or kind == "ping":
+            if doc == PING and event.event in (None, "ping"):
+                self._out.put(event.raw)
+            else:
+                self._verdicts.take(unreadable())
+        elif (
+            not isinstance(doc, dict)
+            or not isinstance(kind, str)
+            or event.event not in (None, kind)
+            or hides_a_field(event.data, doc, self.KNOWN_FIELDS, self.FREE_FORM)
+        ):
             self._verdicts.take(unreadable())
-            return
-        self._typed(event, doc, kind)
+        else:
+            self._typed(event, doc, kind)
+        return True
+
+    def _count(self) -> bool:
+        """Counts a call the format starts to hold; False once there are more than MAX_CALLS: the stream is refused."""
+        self._counted += 1
+        if self._counted <= MAX_CALLS:
+            return True
+        self._verdicts.refuse()
+        return False
 
     def _typed(self, event: RawEvent, doc: dict[str, Any], kind: str) -> None:
         raise NotImplementedError
 
-    def _held_size(self) -> int:
-        raise NotImplementedError
+    def _fragment(self, event: RawEvent, doc: Any) -> bool:
+        """Takes `doc` when it is only the next payload fragment of a held call; False sends it the general way."""
+        return False
 
     def _end_held(self, error: str | None, ended: bool) -> None:
         """Judges every held call, in stream order, stopping at a block."""

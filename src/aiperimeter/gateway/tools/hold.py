@@ -43,6 +43,8 @@ class ObjectEnd:
         self.hopeless = False  # it does not start with `{`: only the format's end can complete it
 
     def feed(self, data: bytes) -> bool:
+        if self._in_string and not self._escaped and 34 not in data and 92 not in data:
+            return False  # more of the same string (no quote, no backslash): the commonest fragment
         if self.closed or self.hopeless or not data:
             return self.closed
         pos = 0
@@ -151,12 +153,14 @@ class Outbox:
         self._last_slot = -1
         self._undecided = 0
         self.held = 0  # bytes waiting, for the cap
+        self.changed = False  # something was put or decided since the last take: there may be output
 
     def _next(self) -> int:
         self._seq += 1
         return self._seq
 
     def put(self, lane: Hashable | None, payload: Payload) -> None:
+        self.changed = True
         if lane is None:
             data = payload if isinstance(payload, bytes) else payload.render()
             if not self._globals and not self._undecided:
@@ -185,6 +189,7 @@ class Outbox:
         self.held += SLOT_BYTES
 
     def decided(self, call: HeldCall) -> None:
+        self.changed = True
         self._undecided -= 1
         self._dirty.add(call.lane)
         for waiting in self._globals:
@@ -192,8 +197,11 @@ class Outbox:
                 waiting.waiting -= 1
 
     def take(self) -> bytes:
+        self.changed = False
         if self._dirty or self._globals:
             self._drain()
+        if not self._out:
+            return b""
         out = b"".join(self._out)
         self._out.clear()
         return out
@@ -267,40 +275,45 @@ class GuardCore:
     # --- the protocol -------------------------------------------------------------------------------------------
 
     def feed(self, chunk: bytes) -> bytes:
-        return b"" if self._stopped else self._run(lambda: self._feed(chunk))
+        if self._stopped:
+            return b""
+        out: list[bytes] = []
+        self._out = out
+        try:
+            self._feed(chunk)
+        except Blocked:
+            self._end_blocked()
+        return b"".join(out) if out else b""
 
     def close(self) -> bytes:
         if self._stopped:
             return b""
-
-        def finish() -> None:
+        out: list[bytes] = []
+        self._out = out
+        try:
             self._close()
             self._decide_all(incomplete=True)
             self._flush()
-
-        out = self._run(finish)
-        self._stopped = True
-        return out
-
-    def _run(self, step: Callable[[], None]) -> bytes:
-        self._out = []
-        try:
-            step()
         except Blocked:
-            assert self.blocked is not None
-            self._out.append(self._outbox.take())  # what came before the blocked call may still go
-            self._out.append(self._error(self.blocked))
-            self._stopped = True
-        out, self._out = b"".join(self._out), []
-        return out
+            self._end_blocked()
+        self._stopped = True
+        return b"".join(out)
+
+    def _end_blocked(self) -> None:
+        assert self.blocked is not None
+        self._out.append(self._outbox.take())  # what came before the blocked call may still go
+        self._out.append(self._error(self.blocked))
+        self._stopped = True
 
     # --- helpers for formats ------------------------------------------------------------------------------------
 
     def _flush(self) -> None:
         """After each event: enforce the memory cap, then send what may go."""
-        if self._outbox.held > MAX_HELD_BYTES:
+        outbox = self._outbox
+        if outbox.held > MAX_HELD_BYTES:
             self._decide_all(incomplete=True)
-        self._out.append(self._outbox.take())
+        if outbox.changed:  # most events only add to a held call: nothing can have become releasable
+            self._out.append(outbox.take())
 
     def _count(self) -> None:
         self._calls += 1
@@ -316,14 +329,15 @@ class GuardCore:
         if call.verdict is not None or not text:
             return  # fragments after a call was decided are never delivered
         data = text.encode()
-        call.size += len(data)
-        if len(call.buf) + len(data) > MAX_CALL_BYTES:
+        size = len(data)
+        call.size += size
+        if len(call.buf) + size > MAX_CALL_BYTES:
             self._outbox.held -= len(call.buf)
             call.buf, call.too_large = bytearray(), True
             self._decide(call)
             return
         call.buf += data
-        self._outbox.held += len(data)
+        self._outbox.held += size
         if call.kind != "custom" and call.value is None and call.end.feed(data):
             self._decide(call)
 

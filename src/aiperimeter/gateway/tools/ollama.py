@@ -19,16 +19,40 @@ from aiperimeter.gateway.tools.base import (
     BodyResult,
     RequestTools,
     blocked_message,
+    encodable,
     error_json,
     notice,
 )
+from aiperimeter.gateway.tools.casefold import case_variant, may_hide
 from aiperimeter.gateway.tools.hold import REWRITABLE, UNNAMED, GuardCore, HeldCall
-from aiperimeter.gateway.tools.openai_chat import append_notices, arguments_of, declared_tools, unreadable_body
+from aiperimeter.gateway.tools.openai_chat import (
+    append_notices,
+    arguments_of,
+    declared_tools,
+    refuse_deep_history,
+    unreadable_body,
+)
 from aiperimeter.gateway.tools.openai_chat_stream import index_of
 from aiperimeter.policy.calls import Decision, Judge, ToolCall, Verdict
 
 LANE = 0  # one message per response
 _ENVELOPE = ("model", "created_at")
+# Every field name of a chat response line: Ollama's Go client matches keys without regard to case, so a key that
+# folds to one of these but is spelled otherwise is the real field to it and nothing to us.
+KNOWN_FIELDS = frozenset(
+    (
+        *("model", "remote_model", "remote_host", "created_at", "message", "done", "done_reason", "error", "context"),
+        *("total_duration", "load_duration", "prompt_eval_count", "prompt_eval_duration", "eval_count"),
+        *("eval_duration", "logprobs", "top_logprobs", "token", "logprob", "bytes"),
+        *("role", "content", "thinking", "images", "tool_calls", "tool_name", "tool_call_id"),
+        *("id", "type", "function", "index", "name", "arguments"),
+    )
+)
+FREE_FORM = frozenset(("arguments",))  # a call's arguments object: the tool's own keys
+
+
+def _hides_case_variant(raw: bytes, doc: Any) -> bool:
+    return may_hide(raw) and case_variant(doc, KNOWN_FIELDS, FREE_FORM) is not None
 
 
 def _name(value: Any) -> str | None:
@@ -76,6 +100,7 @@ def read_request(doc: dict[str, Any]) -> RequestTools:
         elif role == "tool":
             name = _name(message.get("tool_name")) or _name(message.get("name"))
             out.results.append((_name(message.get("tool_call_id")), name))
+    refuse_deep_history(out.history)
     return out
 
 
@@ -87,6 +112,8 @@ def judge_body(body: bytes, judge: Judge) -> BodyResult:
         return unreadable_body(judge, decisions)
     message = doc.get("message") if isinstance(doc, dict) else None
     if not isinstance(doc, dict) or not (message is None or isinstance(message, dict)):
+        return unreadable_body(judge, decisions)
+    if _hides_case_variant(body, doc):
         return unreadable_body(judge, decisions)
     if message is None or not message.get("tool_calls"):
         return BodyResult(body, decisions)
@@ -110,6 +137,8 @@ def judge_body(body: bytes, judge: Judge) -> BodyResult:
     _strip(message, kept, notices)
     if not kept and doc.get("done_reason") in REWRITABLE:
         doc["done_reason"] = "stop"
+    if not encodable(doc):  # nested too deep to write back: what else it holds cannot be delivered
+        return unreadable_body(judge, decisions)
     return BodyResult(orjson.dumps(doc), decisions)
 
 
@@ -156,6 +185,11 @@ class StreamGuard(GuardCore):
         self.stripped = 0
 
     def _feed(self, chunk: bytes) -> None:
+        end = chunk.find(b"\n")
+        if 0 <= end == len(chunk) - 1 and not self._line and not self._skipping and end < MAX_EVENT_BYTES:
+            self._event(chunk)  # one whole line and nothing pending, the usual chunk: no copying
+            self._flush()
+            return
         start = 0
         while start < len(chunk):
             end = chunk.find(b"\n", start)
@@ -199,6 +233,11 @@ class StreamGuard(GuardCore):
         except orjson.JSONDecodeError:
             self._unreadable()
             return
+        if _hides_case_variant(line, doc):
+            self._unreadable()
+            return
+        if self._next_fragment(doc):
+            return
         message = doc.get("message") if isinstance(doc, dict) else None
         if not isinstance(doc, dict) or not (message is None or isinstance(message, dict)):
             self._unreadable()
@@ -208,6 +247,9 @@ class StreamGuard(GuardCore):
             self._unreadable()
             return
         done = doc.get("done") is True
+        if (done or calls) and not encodable(doc):  # it may have to be rebuilt, and cannot be
+            self._unreadable()
+            return
         if message is None or not calls:
             if done:
                 self._decide_all(incomplete=False)  # the response is done: every call ended with it
@@ -218,6 +260,35 @@ class StreamGuard(GuardCore):
             self._whole(doc, message, calls, line)
         else:
             self._partial(doc, message, calls)
+
+    def _next_fragment(self, doc: Any) -> bool:
+        """The next piece of an open call's string arguments, appended without rebuilding the line:
+        `{..,"message":{"role":"assistant","content":"","tool_calls":[{"function":{"index":i,"arguments":".."}}]},
+        "done":false}`. Anything else (a name, text, done, a call not yet open) returns False and takes the general
+        path, which does with this exact shape only what is done here."""
+        if type(doc) is not dict or doc.get("done") is True:
+            return False
+        message = doc.get("message")
+        if type(message) is not dict:
+            return False
+        calls = message.get("tool_calls")
+        if type(calls) is not list or len(calls) != 1:
+            return False
+        for key, value in message.items():  # beside the call, only the role and empty text: nothing to send first
+            if value and key != "role" and key != "tool_calls":
+                return False
+        entry = calls[0]
+        body = entry.get("function") if type(entry) is dict else None
+        if type(body) is not dict or body.get("name") is not None:
+            return False
+        slot, text = body.get("index"), body.get("arguments")
+        if type(text) is not str or not (slot is None or type(slot) is int):
+            return False
+        call = self._open.get(slot)
+        if call is None:
+            return False
+        self._append(call, text)  # once the call is judged this does nothing: late fragments are never delivered
+        return True
 
     def _whole(self, doc: dict[str, Any], message: dict[str, Any], calls: list[Any], line: bytes) -> None:
         """Every call in the line is whole and nothing is held: judge them now; the line goes as it came if all are
@@ -261,7 +332,7 @@ class StreamGuard(GuardCore):
                 continue  # a fragment after its call was decided is never delivered
             args = body.get("arguments")
             if isinstance(args, dict):
-                call.value, call.size = args, len(orjson.dumps(args))
+                call.value, call.size = args, len(orjson.dumps(args))  # the line was checked to be encodable
                 self._decide(call)
             elif isinstance(args, str):
                 self._append(call, args)

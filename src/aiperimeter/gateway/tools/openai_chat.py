@@ -10,12 +10,19 @@ from typing import Any
 
 import orjson
 
+from aiperimeter.errors import BadRequest
 from aiperimeter.gateway.tools.base import BodyResult, Declared, RequestTools, error_json, notice, parse_arguments
 from aiperimeter.gateway.tools.hold import REWRITABLE, UNNAMED, UNREADABLE
-from aiperimeter.gateway.tools.openai_chat_stream import StreamGuard, bad_calls
+from aiperimeter.gateway.tools.openai_chat_stream import (
+    FREE_FORM,
+    KNOWN_FIELDS,
+    StreamGuard,
+    bad_calls,
+    hides_case_variant,
+)
 from aiperimeter.policy.calls import Decision, Judge, ToolCall, Verdict
 
-__all__ = ["StreamGuard", "judge_body", "read_request"]
+__all__ = ["FREE_FORM", "KNOWN_FIELDS", "StreamGuard", "judge_body", "read_request"]
 
 CLIENT_TYPES = ("function", "custom")
 INVALID = "invalid"  # the type recorded for a tool entry that is not an object
@@ -56,7 +63,10 @@ def arguments_of(value: Any) -> tuple[dict[str, Any] | None, str | None, int]:
         args, error = parse_arguments(value)
         return args, error, len(value.encode("utf-8", "replace"))
     if isinstance(value, dict):
-        return value, None, len(orjson.dumps(value))
+        try:
+            return value, None, len(orjson.dumps(value))
+        except orjson.JSONEncodeError:  # nested deeper than can be written back: nothing a policy can check
+            return None, "too_deep", 0
     return None, "not_an_object", 0
 
 
@@ -66,7 +76,7 @@ def message_call(call: dict[str, Any], *, legacy: bool = False) -> ToolCall:
         args, error, size = arguments_of(call.get("arguments"))
         return ToolCall(_name(call.get("name")) or UNNAMED, args, None, "function", error, size)
     call_id = _name(call.get("id"))
-    if call.get("type") == "custom" or (call.get("type") is None and "custom" in call):
+    if call.get("type") == "custom" or (call.get("type") is None and call.get("custom") is not None):
         body = _field(call, "custom")
         text = _field(body, "input")
         name = _name(_field(body, "name")) or UNNAMED
@@ -77,6 +87,13 @@ def message_call(call: dict[str, Any], *, legacy: bool = False) -> ToolCall:
     body = _field(call, "function")
     args, error, size = arguments_of(_field(body, "arguments"))
     return ToolCall(_name(_field(body, "name")) or UNNAMED, args, call_id, "function", error, size)
+
+
+def refuse_deep_history(history: list[ToolCall]) -> None:
+    """Arguments nested too deep to write back cannot be checked: the request is refused, as a body nested too deep
+    is, rather than passed with a call the policy could not read."""
+    if any(call.error == "too_deep" for call in history):
+        raise BadRequest("invalid_json", "A tool call's arguments in the conversation are nested too deeply.")
 
 
 def _forced(choice: Any) -> list[str]:
@@ -122,6 +139,7 @@ def read_request(doc: dict[str, Any]) -> RequestTools:
             out.results.append((_name(message.get("tool_call_id")), None))
         elif role == "function":
             out.results.append((None, _name(message.get("name"))))
+    refuse_deep_history(out.history)
     return out
 
 
@@ -135,6 +153,22 @@ def append_notices(message: dict[str, Any], notices: list[str]) -> None:
         message["content"] = f"{content}\n{text}"
     else:
         message["content"] = text
+
+
+def rebuilt(tool: ToolCall, raw: dict[str, Any], *, legacy: bool = False) -> dict[str, Any]:
+    """A delivered call as it was judged: its id, type and one body with the name and the text that were read.
+    Fields the judge did not read (a second body, a stray type) do not reach the client."""
+    text_field = "input" if tool.kind == "custom" else "arguments"
+    body = raw if legacy else _field(raw, tool.kind)
+    text = _field(body, text_field)
+    if not isinstance(text, str | dict):
+        text = "" if tool.kind == "custom" else "{}"  # judged as no arguments
+    if legacy:
+        return {"name": tool.name, "arguments": text}
+    call: dict[str, Any] = {"id": tool.call_id} if tool.call_id is not None else {}
+    call["type"] = tool.kind
+    call[tool.kind] = {"name": tool.name, text_field: text}
+    return call
 
 
 def unreadable_body(judge: Judge, decisions: list[Decision]) -> BodyResult:
@@ -154,7 +188,7 @@ def judge_body(body: bytes, judge: Judge) -> BodyResult:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
         return unreadable_body(judge, decisions)
-    if not isinstance(doc, dict):
+    if not isinstance(doc, dict) or hides_case_variant(body, doc):
         return unreadable_body(judge, decisions)
     choices = doc.get("choices")
     if choices is None:
@@ -186,9 +220,17 @@ def judge_body(body: bytes, judge: Judge) -> BodyResult:
                     message.pop("function_call", None)
                 continue
             delivered += 1
-            if raw is not None:
-                kept.append(raw)
+            if raw is None:
+                call = rebuilt(tool, legacy, legacy=True)
+                if call != legacy:
+                    message["function_call"], changed = call, True
+            else:
+                call = rebuilt(tool, raw)
+                kept.append(call)
+                changed = changed or call != raw
         if not notices:
+            if kept != calls:
+                message["tool_calls"] = kept
             continue
         changed = True
         if kept:
@@ -198,4 +240,9 @@ def judge_body(body: bytes, judge: Judge) -> BodyResult:
         append_notices(message, notices)
         if not delivered and choice.get("finish_reason") in REWRITABLE:
             choice["finish_reason"] = "stop"
-    return BodyResult(orjson.dumps(doc) if changed else body, decisions)
+    if not changed:
+        return BodyResult(body, decisions)
+    try:
+        return BodyResult(orjson.dumps(doc), decisions)
+    except orjson.JSONEncodeError:  # nested too deep to write back: what else it holds cannot be delivered
+        return unreadable_body(judge, decisions)

@@ -26,9 +26,20 @@ from aiperimeter.gateway.tools.base import (
     blocked_message,
     sse,
 )
-from aiperimeter.gateway.tools.event_guard import EventGuard, Slot, Verdicts, index_of, label, refused, unreadable
+from aiperimeter.gateway.tools.event_guard import (
+    EventGuard,
+    Slot,
+    Verdicts,
+    hides_a_field,
+    index_of,
+    label,
+    refused,
+    unreadable,
+)
 from aiperimeter.gateway.tools.responses_items import (
     CALL_ITEMS,
+    FREE_FORM,
+    KNOWN_FIELDS,
     SAFE_ITEMS,
     Items,
     Record,
@@ -60,6 +71,8 @@ def read_request(doc: dict[str, Any]) -> RequestTools:
             found.history.append(call_of_item(item))
         elif kind in ("function_call_output", "custom_tool_call_output"):
             found.results.append((text_of(item.get("call_id")), None))
+    if doc.get("prompt") is not None:
+        found.hosted_other.append("prompt")  # a stored prompt brings tools of its own, hosted ones too, out of sight
     return found
 
 
@@ -104,6 +117,9 @@ class _Call:
 class StreamGuard(EventGuard):
     """Holds each streamed call until it ends, has it judged once, and releases, strips or blocks it."""
 
+    KNOWN_FIELDS = KNOWN_FIELDS
+    FREE_FORM = FREE_FORM
+
     def __init__(self, judge: Judge) -> None:
         super().__init__(judge)
         self._items = Items(self._verdicts)
@@ -112,9 +128,6 @@ class StreamGuard(EventGuard):
         self._through: dict[int, str] = {}  # judged and delivered while still streaming: the rest passes
         self._dropped: set[int] = set()  # stripped, or released whole: the upstream's later events are not sent
         self._seq = 0
-
-    def _held_size(self) -> int:
-        return sum(call.size for call in self._calls.values())
 
     def _end_held(self, error: str | None, ended: bool) -> None:
         for call in list(self._calls.values()):
@@ -170,22 +183,26 @@ class StreamGuard(EventGuard):
         if not isinstance(item, dict) or index is None:
             self._verdicts.take(unreadable())
             return
-        if item_id := text_of(item.get("id")):
-            self._ids[item_id] = index
+        item_id = text_of(item.get("id"))
+        if item_id and self._ids.setdefault(item_id, index) != index:  # events naming the item could go to either
+            self._verdicts.take(unreadable())
+            return
         if kind in CALL_ITEMS:
+            if not self._count():
+                return
             call = self._calls[index] = _Call(index, kind, item, self._out.hold(), seqs=[seq or self._seq])
             payload = item.get(CALL_ITEMS[kind][1])  # clients add the deltas to what the added item carries
             if isinstance(payload, str) and payload:
                 self._append(call, payload)
             return
-        record = self._items.judge(item, index)  # a hosted tool ran at the provider: judged as it appears
+        record = self._items.judge(item, index, whole=False)  # a hosted tool ran at the provider: judged as it appears
         if record is None:
             return
-        if record.item is None:
+        if record.delivered:
             self._through[index] = str(kind)
             self._out.put(event.raw)
         else:
-            self._out.put(self._notice_events(index, record.item, [seq or self._seq]))
+            self._out.put(self._notice_events(index, record.item or {}, [seq or self._seq]))
             self._dropped.add(index)
 
     def _payload(self, event: RawEvent, doc: dict[str, Any], kind: str, seq: int | None) -> None:
@@ -214,8 +231,39 @@ class StreamGuard(EventGuard):
     def _append(self, call: _Call, text: str) -> None:
         call.parts.append(text)
         call.size += len(text)
+        self._held += len(text)
         if call.size > MAX_CALL_BYTES:
             self._finish(call, error="too_large", ended=False)
+
+    def _fragment(self, event: RawEvent, doc: Any) -> bool:
+        """The hot path: a `.delta` event for a held call, by its output_index and with a sequence number, that stays
+        under the cap, taken as `_typed` and `_payload` would take it.
+
+        Only exact types are taken (`type(x) is int` also turns away a bool); anything else goes the general way. A
+        held index is never in `_dropped` or `_through`, but that is checked here all the same so that the
+        equivalence with `_payload` does not rest on it.
+        """
+        kind = doc.get("type") if type(doc) is dict else None
+        item_type = DELTAS.get(kind) if type(kind) is str else None
+        if item_type is None:
+            return False
+        index, seq, text = doc.get("output_index"), doc.get("sequence_number"), doc.get("delta")
+        call = self._calls.get(index) if type(index) is int else None
+        if call is None or call.type != item_type or type(text) is not str or type(seq) is not int or seq < 0:
+            return False
+        if (event.event is not None and event.event != kind) or index in self._dropped or index in self._through:
+            return False
+        size = len(text)
+        if call.size + size > MAX_CALL_BYTES:
+            return False
+        if seq > self._seq:
+            self._seq = seq
+        if len(call.seqs) < 6:
+            call.seqs.append(seq)
+        call.parts.append(text)  # `_append`, less its cap check: this fragment stays under the cap
+        call.size += size
+        self._held += size
+        return True
 
     def _item_done(self, event: RawEvent, doc: dict[str, Any], seq: int | None) -> None:
         index, item = index_of(doc.get("output_index")), doc.get("item")
@@ -241,7 +289,7 @@ class StreamGuard(EventGuard):
         record = self._items.judge(item, -1 if index is None else index)  # a call that did not stream: whole
         if record is None:
             return
-        if record.item is None:
+        if record.delivered:
             self._out.put(event.raw)
         else:
             self._out.put(sse(orjson.dumps({**doc, "item": record.item}), event.event))
@@ -255,11 +303,12 @@ class StreamGuard(EventGuard):
             self._verdicts.take(unreadable())
             return
         items = output or []
-        for call in self._calls.values():
-            for item in items:
-                if isinstance(item, dict) and item.get("type") == call.type and item.get("id") == call.item_id:
-                    payload = item.get(CALL_ITEMS[call.type][1])
-                    call.final = payload if isinstance(payload, str) else call.final
+        held = {call.item_id: call for call in self._calls.values() if call.item_id}
+        for item in items if held else ():
+            call = held.get(text_of(item.get("id")) or "") if isinstance(item, dict) else None
+            if call is not None and item.get("type") == call.type:
+                payload = item.get(CALL_ITEMS[call.type][1])
+                call.final = payload if isinstance(payload, str) else call.final
         self._end_held(None, True)
         if self._verdicts.blocked:
             return
@@ -277,6 +326,7 @@ class StreamGuard(EventGuard):
     def _finish(self, call: _Call, error: str | None = None, ended: bool = True) -> None:
         """Judges a held call once. `ended` is False when a cap cuts it short: a delivered call then streams on."""
         del self._calls[call.index]
+        self._held -= call.size
         text = call.final if call.final is not None else "".join(call.parts)
         field_ = CALL_ITEMS[call.type][1]
         tool_call = call_of_payload(call.type, call.item.get("name"), text_of(call.item.get("call_id")), text, error)
@@ -284,18 +334,19 @@ class StreamGuard(EventGuard):
         if outcome == "block":
             return
         if outcome == "strip":
-            record = Record(call.type, notice_item(tool_call, self._verdicts.last, call.item_id or str(call.index)))
-            call.slot.out = self._notice_events(call.index, record.item or {}, call.seqs)
+            item = notice_item(tool_call, self._verdicts.last, call.item_id or str(call.index))
+            record = Record(call.type, item, tool_call, delivered=False)
+            call.slot.out = self._notice_events(call.index, item, call.seqs)
             self._dropped.add(call.index)
         elif not ended:
-            record = Record(call.type, None)
+            record = Record(call.type, None, tool_call)
             call.slot.out = self._release(call, text, None)
             self._through[call.index] = call.type
         else:
             if tool_call.kind == "function" and tool_call.arguments is not None:
                 text = orjson.dumps(tool_call.arguments).decode()  # the client parses exactly what was judged
             status = call.status or ("incomplete" if error == "incomplete" else "completed")
-            record = Record(call.type, {**call.item, field_: text, "status": status})
+            record = Record(call.type, {**call.item, field_: text, "status": status}, tool_call)
             call.slot.out = self._release(call, text, record.item)
             self._dropped.add(call.index)
         self._items.remember(call.item, call.index, record)
@@ -348,7 +399,11 @@ def judge_body(body: bytes, judge: Judge) -> BodyResult:
     except orjson.JSONDecodeError:
         doc = None
     output = doc.get("output") if isinstance(doc, dict) else None
-    if not isinstance(doc, dict) or (output is not None and not isinstance(output, list)):
+    if (
+        not isinstance(doc, dict)
+        or (output is not None and not isinstance(output, list))
+        or hides_a_field(body, doc, KNOWN_FIELDS, FREE_FORM)
+    ):
         verdicts.take(unreadable())
         return refused(verdicts)  # never delivered, whatever the verdict
     rewritten = Items(verdicts).rewrite(output or [])

@@ -18,8 +18,8 @@ import pytest
 
 from aiperimeter.gateway.tools import event_guard
 from aiperimeter.gateway.tools.anthropic import StreamGuard, judge_body, read_request
-from aiperimeter.gateway.tools.base import MAX_CALL_BYTES, Declared, SSESplitter
-from aiperimeter.policy.calls import ToolCall, Verdict
+from aiperimeter.gateway.tools.base import MAX_CALL_BYTES, Declared, RawEvent, SSESplitter
+from aiperimeter.policy.calls import Decision, ToolCall, Verdict
 
 # --- a table-driven judge ----------------------------------------------------------------------------------------
 
@@ -437,6 +437,39 @@ def test_released_input_is_the_judged_one() -> None:
         pytest.param(
             b'data: {"type": "content_block_start", "content_block": {"type": "tool_use"}}\n\n', id="no-index"
         ),
+        pytest.param(b'event: ping\ndata: {"type": "ping", "x": NaN}\n\n', id="ping-nan"),
+        pytest.param(b"event: ping\ndata: Infinity\n\n", id="ping-infinity"),
+        pytest.param(b'event: ping\ndata: {"type": "ping", "x": "\\ud800"}\n\n', id="ping-lone-surrogate"),
+        pytest.param(b'data: {"type": "message_stop", "x": NaN}\n\n', id="nan-unnamed"),
+        pytest.param(b'data: {"type": "message_stop"}\nDATA: 1\n\n', id="odd-field-line"),
+        pytest.param(b'data: {"type": "message_stop"}\nretry_after: 5\n\n', id="unknown-field-line"),
+        pytest.param(
+            b'event: ping\ndata: {"type": "ping", "content_block": {"type": "tool_use", "name": "rm"}}\n\n',
+            id="ping-with-more",
+        ),
+        pytest.param(
+            b'data: {"type": "ping", "content_block": {"type": "tool_use", "name": "rm"}}\n\n', id="ping-type-with-more"
+        ),
+        pytest.param(b'event: ping\ndata: {"type": "message_stop"}\n\n', id="ping-named-other-type"),
+        pytest.param(
+            b'data: {"type": "content_block_start", "index": 1, "content_block": {"type": "text", "text": ""}}\n\n',
+            id="index-skips-a-block",
+        ),
+        pytest.param(
+            b'data: {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}, '
+            b'"Content_block": {"type": "tool_use", "id": "t", "name": "rm", "input": {}}}\n\n',
+            id="case-variant-key",
+        ),
+        pytest.param(
+            b'data: {"type": "message_delta", "delta": {"\xc5\xbftop_reason": "tool_use"}}\n\n',
+            id="long-s-key",
+        ),
+        pytest.param(
+            b'data: {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "", '
+            b'"TYPE": "tool_use"}}\n\n',
+            id="case-variant-nested-key",
+        ),
+        pytest.param(b'data: {"type": "message_start", "message": {"content": []}}\n\n', id="second-message-start"),
     ],
 )
 def test_unreadable_events_are_judged_and_never_delivered(event: bytes) -> None:
@@ -447,6 +480,84 @@ def test_unreadable_events_are_judged_and_never_delivered(event: bytes) -> None:
         assert [(call.name, call.error) for call in judge.calls] == [("(unreadable)", "unreadable")]
         assert event.split(b"data: ")[1].strip() not in out
         assert bool(client_view(out).errors) == (decision == "block")
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(b"event: ping\ndata: \n\n", id="ping-empty"),
+        pytest.param(b'event: ping\ndata: {"type": "ping"}\n\n', id="ping"),
+        pytest.param(b'data: {"type": "ping"}\n\n', id="ping-unnamed"),
+        pytest.param(b": keep-alive\n\n", id="comment"),
+        pytest.param(
+            b'data: {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": "A"}, '
+            b'"X-Trace": "Type", "Stop": 1}\n\n',
+            id="uppercase-keys-that-are-no-field",
+        ),
+    ],
+)
+def test_events_that_hide_nothing_pass_as_they_are(event: bytes) -> None:
+    judge = FakeJudge({}, on_error="block")
+    guard = StreamGuard(judge)
+    out = guard.feed(wire([start()]) + event) + guard.close()
+    assert judge.calls == []
+    assert out == wire([start()]) + event
+
+
+def test_the_input_of_a_call_is_not_checked_for_case_variants() -> None:
+    # a tool's input is its own data: keys in it are the tool's, whatever they fold to
+    data = wire([start(), *tool_use(0, "run_sql", "toolu_x", ['{"Name": 1, "TYPE": "x"}']), *end("tool_use")])
+    out, decisions = run(data, FakeJudge(TABLE), [data])
+    assert decisions == [("run_sql", None, "allow")]
+    assert client_view(out).blocks == [("tool", "run_sql", "toolu_x", {"Name": 1, "TYPE": "x"})]
+
+
+@pytest.mark.parametrize(
+    ("first", "indexes"),
+    [
+        pytest.param([], [1], id="first-block-not-at-0"),
+        pytest.param([], [0, 0], id="index-reused"),
+        pytest.param([], [0, 2], id="index-skipped"),
+        pytest.param([{"type": "text", "text": "ok"}], [0], id="start-content-not-counted"),
+        pytest.param([{"type": "text", "text": "ok"}], [1, 1], id="start-content-then-reused"),
+    ],
+)
+def test_a_block_at_an_index_a_client_would_not_give_it_is_unreadable(
+    first: list[dict[str, Any]], indexes: list[int]
+) -> None:
+    # the SDK appends each started block and applies deltas to content[index]: the guard's index must be the client's
+    calls = [
+        tool_use(index, "get_time", f"toolu_{n}", ['{"query": "DROP TABLE t"}']) for n, index in enumerate(indexes)
+    ]
+    data = wire([start(first), *(event for call in calls for event in call), *end("tool_use")])
+    for decision in ("block", "strip"):
+        judge = FakeJudge({"get_time": "allow"}, on_error=decision)
+        out, decisions = run(data, judge, [data])
+        assert ("(unreadable)", "unreadable", decision) in decisions
+        view = client_view(out)
+        assert bool(view.errors) == (decision == "block")
+        assert all(block[0] != "tool" or block[3] == {"query": "DROP TABLE t"} for block in view.blocks)
+
+
+def test_blocks_after_the_start_content_are_read_at_their_place() -> None:
+    data = wire([start([TEXT_BLOCK]), *tool_use(1, "run_sql", "toolu_1", SQL_PIECES), *end("tool_use")])
+    out, decisions = run(data, FakeJudge(TABLE), [data])
+    assert decisions == [("run_sql", None, "allow")]
+    assert client_view(out).blocks == [LEAD, CALL]
+
+
+def test_more_calls_than_the_cap_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(event_guard, "MAX_CALLS", 3)
+    calls = [event for n in range(5) for event in tool_use(n, "run_sql", "toolu_1", SQL_PIECES)]
+    data = wire([start(), *calls, *end("tool_use")])
+    for decision in ("allow", "strip"):
+        out, decisions = run(data, FakeJudge({"run_sql": decision}, on_error=decision), [data])
+        assert decisions[-1] == ("(unreadable)", "unreadable", "block")
+        assert len(decisions) <= 4
+        assert client_view(out).errors
+    raw = body(*[SQL_BLOCK] * 5)
+    result = judge_body(raw, FakeJudge(TABLE))
+    assert result.blocked is not None and result.blocked.call.error == "unreadable"
 
 
 def test_input_over_the_cap_is_judged_too_large_at_once() -> None:
@@ -467,6 +578,17 @@ def test_what_waits_behind_a_held_call_is_capped(monkeypatch: pytest.MonkeyPatch
     out, decisions = run(wire(events), FakeJudge(TABLE), [wire(events)])
     assert decisions == [("run_sql", "too_large", "strip")]
     assert client_view(out).blocks == [notice_of("run_sql"), ("text", "x" * 3000)]
+
+
+def test_a_fragment_that_passes_the_cap_on_what_waits_releases_it_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(event_guard, "MAX_EVENT_BYTES", 2000)
+    call = tool_use(0, "run_sql", "toolu_1", ['{"query": "', "x" * 300, '"}'])
+    guard = StreamGuard(FakeJudge(TABLE))
+    out = guard.feed(wire([start(), *call[:2]]))
+    out += guard.feed(wire(text(1, ["y" * 1500])))
+    assert client_view(out).blocks == []  # the text waits behind the held block
+    out += guard.feed(wire(call[2:3]))  # only a fragment, but it takes what waits past the cap
+    assert client_view(out).blocks == [notice_of("run_sql"), ("text", "y" * 1500)]
 
 
 def test_an_audited_call_cut_short_streams_on() -> None:
@@ -566,6 +688,11 @@ def test_judge_body(
         pytest.param(b"", id="empty"),
         pytest.param(b'{"content": {"type": "tool_use"}}', id="content-not-a-list"),
         pytest.param(body(TEXT_BLOCK, ["tool_use"]), id="block-not-an-object"),
+        pytest.param(body(TEXT_BLOCK)[:-1] + b',"Content":[' + orjson.dumps(RM_BLOCK) + b"]}", id="case-variant-key"),
+        pytest.param(body({**TEXT_BLOCK, "TYPE": "tool_use", "name": "rm"}), id="case-variant-in-a-block"),
+        pytest.param(
+            body(TEXT_BLOCK, stop_reason="end_turn").replace(b'"stop_reason"', b'"Stop_Reason"'), id="any-field"
+        ),
     ],
 )
 def test_judge_body_blocks_with_the_policy_error(raw: bytes) -> None:
@@ -728,9 +855,9 @@ def leaked_calls(out: bytes) -> list[Any]:
     return found
 
 
-@pytest.mark.parametrize("seed", range(50))
-def test_mangled_streams_never_raise_and_leak_no_call_when_all_are_stripped(seed: int) -> None:
-    rng = random.Random(seed)
+def mangled_streams(rng: random.Random) -> list[bytes]:
+    """Five of the scenarios with their events mangled, some shuffled, some without an `event:` line."""
+    streams = []
     for param in rng.sample(STREAMS, 5):
         splitter = SSESplitter()
         raw = param.values[0]()
@@ -738,7 +865,16 @@ def test_mangled_streams_never_raise_and_leak_no_call_when_all_are_stripped(seed
         if rng.random() < 0.5:
             rng.shuffle(docs)
         named = [(f"event: {doc.get('type')}\n" if rng.random() < 0.7 else "").encode() for doc in docs]
-        data = b"".join(name + b"data: " + orjson.dumps(doc) + b"\n\n" for name, doc in zip(named, docs, strict=True))
+        streams.append(
+            b"".join(name + b"data: " + orjson.dumps(doc) + b"\n\n" for name, doc in zip(named, docs, strict=True))
+        )
+    return streams
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_mangled_streams_never_raise_and_leak_no_call_when_all_are_stripped(seed: int) -> None:
+    rng = random.Random(seed)
+    for data in mangled_streams(rng):
         cut = rng.randrange(len(data) + 1)
         for decision in ("allow", "audit", "strip", "block", "unknown"):
             guard = StreamGuard(lambda call, decision=decision: Verdict(decision, "rule"))
@@ -753,3 +889,144 @@ def test_mangled_streams_never_raise_and_leak_no_call_when_all_are_stripped(seed
         if decision == "strip" and result.blocked is None and isinstance(content, list):
             kinds = [str(b.get("type")) if isinstance(b, dict) else "?" for b in content]
             assert all(k in NOT_CALLS or k.endswith("_tool_result") for k in kinds)
+
+
+# --- the fast path ---------------------------------------------------------------------------------------------------
+
+
+class GeneralOnly(StreamGuard):
+    """The guard with its fast path off: every event goes the general way."""
+
+    def _fragment(self, event: RawEvent, doc: Any) -> bool:
+        return False
+
+
+class Counted(StreamGuard):
+    """The guard as it ships, counting the events its fast path takes."""
+
+    taken = 0
+
+    def _fragment(self, event: RawEvent, doc: Any) -> bool:
+        took = super()._fragment(event, doc)
+        self.taken += took
+        return took
+
+
+def outcome(guard: StreamGuard, pieces: list[bytes]) -> tuple[bytes, list[Decision], bool]:
+    """What the client gets, every decision in full, and whether it was blocked; the held total is checked as it goes
+    because the cap on what waits behind held blocks rests on it."""
+    out = b""
+    for piece in pieces:
+        out += guard.feed(piece)
+        assert guard._held == sum(use.size for use in guard._uses.values())
+    out += guard.close()
+    return out, guard.decisions, guard.blocked is not None
+
+
+def agree(pieces: list[bytes], decide: Any) -> int:
+    """Runs the pieces through the guard and through its general path alone: they must give the same bytes and the
+    same decisions. Returns how many events the fast path took."""
+    fast = Counted(decide)
+    assert outcome(fast, pieces) == outcome(GeneralOnly(decide), pieces), [len(piece) for piece in pieces]
+    return fast.taken
+
+
+def by_decision(decision: str) -> Any:
+    return lambda call: Verdict(decision, "rule", "not allowed")
+
+
+def per_event(data: bytes) -> list[bytes]:
+    return [piece + b"\n\n" for piece in data.split(b"\n\n") if piece]
+
+
+@pytest.mark.parametrize("build", [param.values[0] for param in STREAMS], ids=[param.id for param in STREAMS])
+@pytest.mark.parametrize("decision", ["allow", "strip", "block"])
+def test_the_fast_path_agrees_with_the_general_path(build: Any, decision: str) -> None:
+    data = build()
+    table = FakeJudge(TABLE)
+    agree(per_event(data), table)
+    for pieces in ([data], per_event(data), [data[i : i + 1] for i in range(len(data))], splits(data)[-1]):
+        agree(pieces, by_decision(decision))
+
+
+def test_the_fast_path_takes_each_fragment_of_a_held_block() -> None:
+    data = scenario_single_call()
+    assert agree(per_event(data), FakeJudge(TABLE)) == len(SQL_PIECES)
+    assert agree([data], FakeJudge(TABLE)) == len(SQL_PIECES)
+    assert agree(per_event(scenario_hosted()), FakeJudge({}, on_error="audit")) == 0  # streams through: not held
+
+
+SECOND_FRAGMENT = (
+    b'{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":": \\"SEL"}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("event", "taken"),
+    [
+        pytest.param(b"event: content_block_delta\ndata: " + SECOND_FRAGMENT, True, id="as-sent"),
+        pytest.param(b"data: " + SECOND_FRAGMENT, True, id="no-event-name"),
+        pytest.param(
+            b'data: { "delta" : {"partial_json": ": \\"SEL", "type": "input_json_delta", "x": 1}, "index": 1, '
+            b'"type": "content_block_delta", "extra": [1]}',
+            True,
+            id="other-key-order-spacing-and-extra-keys",
+        ),
+        pytest.param(
+            b'data: {"type":"content_block_delta","index":7,"index":1,"delta":{"type":"input_json_delta",'
+            b'"partial_json":": \\"SEL"}}',
+            True,
+            id="duplicate-index-key",
+        ),
+        pytest.param(b"event: content_block_stop\ndata: " + SECOND_FRAGMENT, False, id="event-name-differs"),
+        pytest.param(b"event: ping\ndata: " + SECOND_FRAGMENT, False, id="named-ping"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"index":1', b'"index":true'), False, id="index-bool"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"index":1', b'"index":1.0'), False, id="index-float"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"index":1', b'"index":"1"'), False, id="index-string"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"index":1', b'"index":-1'), False, id="index-negative"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"index":1', b'"index":[1]'), False, id="index-list"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"index":1', b'"index":{"1":1}'), False, id="index-object"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"index":1', b'"index":0'), False, id="index-of-a-text-block"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"index":1', b'"index":5'), False, id="index-of-no-block"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"index":1,', b""), False, id="no-index"),
+        pytest.param(b'data: {"type":"content_block_delta","index":1,"delta":[1]}', False, id="delta-list"),
+        pytest.param(b'data: {"type":"content_block_delta","index":1}', False, id="no-delta"),
+        pytest.param(SECOND_FRAGMENT.replace(b"input_json_delta", b"text_delta"), False, id="text-delta"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"type":"input_json_delta",', b""), False, id="untyped-delta"),
+        pytest.param(SECOND_FRAGMENT.replace(b'": \\"SEL"', b"7"), False, id="partial-number"),
+        pytest.param(SECOND_FRAGMENT.replace(b'": \\"SEL"', b"null"), False, id="partial-null"),
+        pytest.param(SECOND_FRAGMENT.replace(b'": \\"SEL"', b'[": \\"SEL"]'), False, id="partial-list"),
+        pytest.param(SECOND_FRAGMENT.replace(b"content_block_delta", b"content_block_delta "), False, id="odd-type"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"type":"content_block_delta",', b""), False, id="no-type"),
+        pytest.param(b"data: [" + SECOND_FRAGMENT + b"]", False, id="in-a-list"),
+        pytest.param(b"data: " + SECOND_FRAGMENT[:-1], False, id="cut-short"),
+    ],
+)
+def test_every_other_shape_of_a_fragment_goes_the_general_way(event: bytes, taken: bool) -> None:
+    events = per_event(scenario_single_call())
+    second = next(i for i, piece in enumerate(events) if b"SEL" in piece)
+    event = event if event.startswith((b"data:", b"event:")) else b"data: " + event
+    events[second] = event + b"\n\n"
+    for decision in ("allow", "strip", "audit"):  # a block would end the stream before the later fragments
+        assert agree(events, by_decision(decision)) == len(SQL_PIECES) - (not taken)
+        assert agree([b"".join(events)], by_decision(decision)) == len(SQL_PIECES) - (not taken)
+    agree(events, by_decision("block"))
+    agree([b"".join(events)], by_decision("block"))
+
+
+def test_a_fragment_that_passes_the_cap_goes_the_general_way() -> None:
+    events = tool_use(0, "run_sql", "toolu_1", ['{"query": "', "x" * MAX_CALL_BYTES, '"}'])
+    data = wire([start(), *events, *end("tool_use")])
+    for decision in ("allow", "strip", "block"):
+        assert agree(per_event(data), by_decision(decision)) == 1  # the first fragment only
+        assert agree([data], by_decision(decision)) == 1
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_mangled_streams_go_the_same_way_fast_or_general(seed: int) -> None:
+    rng = random.Random(seed)
+    for data in mangled_streams(rng):
+        cut = rng.randrange(len(data) + 1)
+        for decision in ("allow", "strip", "block", "unknown"):
+            agree([data[:cut], data[cut:]], by_decision(decision))
+            agree(per_event(data), by_decision(decision))

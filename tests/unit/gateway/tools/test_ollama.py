@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from aiperimeter.errors import BadRequest
 from aiperimeter.gateway.tools import hold
 from aiperimeter.gateway.tools.base import MAX_EVENT_BYTES, Declared, RequestTools
 from aiperimeter.gateway.tools.ollama import StreamGuard, judge_body, read_request
@@ -321,6 +322,17 @@ def test_block_writes_nothing_more() -> None:
     assert guard.feed(ndjson(text("more"))) == b"" and guard.close() == b""
 
 
+SQL_LINE = ndjson(calls(fn("run_sql", {"query": "SELECT 1"})))
+DEEP = b'{"x":' * 300 + b"1" + b"}" * 300  # deeper than orjson writes (254), not than it reads
+CASE_VARIANTS = [  # keys Ollama's Go client reads as the field they fold to
+    (b'"tool_calls"', b'"Tool_calls"'),
+    (b'"message"', b'"Message"'),
+    (b'"function"', b'"FUNCTION"'),
+    (b'"arguments"', b'"Arguments"'),
+    (b'"name"', b'"\\u004eame"'),
+    (b'"tool_calls"', '"tool_callſ"'.encode()),  # U+017F folds to s
+]
+
 UNREADABLE = [
     pytest.param(b"not json\n", id="not-json"),
     pytest.param(b"[1,2]\n", id="json-array"),
@@ -329,6 +341,9 @@ UNREADABLE = [
     pytest.param(ndjson(line('{"role":"assistant","tool_calls":[{"name":"x"}]}')), id="call-without-function"),
     pytest.param(ndjson(calls('{"function":{"name":"x","arguments":[1]}}')), id="arguments-list"),
     pytest.param(ndjson(calls('{"function":{"name":7,"arguments":{}}}')), id="name-number"),
+    *[pytest.param(SQL_LINE.replace(k, v), id=f"case-{v.decode()}") for k, v in CASE_VARIANTS],
+    pytest.param(SQL_LINE.replace(b'{"query":"SELECT 1"}', DEEP), id="arguments-too-deep"),
+    pytest.param(ndjson(calls(fn("run_sql", "{}", 0), content="@")).replace(b'"@"', DEEP), id="text-too-deep"),
 ]
 
 
@@ -476,6 +491,34 @@ def test_body_block(raw: bytes, name: str) -> None:
     assert orjson.loads(result.body)["error"]["code"] == "tool_call_blocked"
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        *[pytest.param(body(TEMP_BODY).replace(k, v), id=f"case-{v.decode()}") for k, v in CASE_VARIANTS],
+        pytest.param(body(TEMP_BODY)[:-1] + b',"deep":' + DEEP + b"}", id="too-deep-to-rewrite"),
+    ],
+)
+def test_body_unreadable(raw: bytes) -> None:
+    result = judge_body(raw, Judge({"get_temperature": "strip", "(unreadable)": "strip"}))
+    assert result.blocked is not None and result.blocked.call.error == "unreadable"
+    assert b"New York" not in result.body
+
+
+def test_arguments_nested_too_deep_are_judged_unusable() -> None:
+    entry = {"function": {"name": "run_sql", "arguments": "@"}}
+    judge = Judge({})
+    judge_body(body(entry).replace(b'"@"', DEEP), judge)
+    assert judge.seen == [("run_sql", None, None, "function", "too_deep")]
+    history = orjson.dumps({"messages": [{"role": "assistant", "tool_calls": [entry]}]}).replace(b'"@"', DEEP)
+    with pytest.raises(BadRequest):
+        read_request(orjson.loads(history))
+
+
+def test_keys_spelled_exactly_pass() -> None:
+    raw = body(TEMP_BODY, content="Tool_calls: MESSAGE")  # a capital in a value is no key
+    assert judge_body(raw, Judge({})).body == raw
+
+
 def test_body_without_calls_passes() -> None:
     raw = body(content="The sky is blue.")
     assert judge_body(raw, Judge({})).body == raw
@@ -536,3 +579,128 @@ def test_body_without_calls_passes() -> None:
 )
 def test_read_request(doc: Any, expected: RequestTools) -> None:
     assert read_request(doc) == expected
+
+
+# --- the fast path does what the general path does --------------------------------------------------------------------
+
+
+class GeneralOnly(StreamGuard):
+    """The guard with its fast path off: every line is read the general way."""
+
+    def _next_fragment(self, doc: Any) -> bool:
+        return False
+
+
+class Counting(StreamGuard):
+    def __init__(self, judge: Judge) -> None:
+        super().__init__(judge)
+        self.fast = 0
+
+    def _next_fragment(self, doc: Any) -> bool:
+        taken = super()._next_fragment(doc)
+        self.fast += taken
+        return taken
+
+
+TABLES = ({}, {"run_sql": "strip"}, {"run_sql": "block", "(unreadable)": "strip"})
+
+
+def outcome(kind: type[StreamGuard], table: dict[str, str], pieces: list[bytes]) -> tuple[Any, ...]:
+    guard = kind(Judge(table))
+    out = b"".join(guard.feed(piece) for piece in pieces) + guard.close()
+    decisions = [(key(d.call), d.call.raw_size, d.verdict.decision) for d in guard.decisions]
+    return out, decisions, guard.blocked
+
+
+def assert_paths_agree(pieces_list: list[list[bytes]]) -> None:
+    for table in TABLES:
+        for pieces in pieces_list:
+            assert outcome(StreamGuard, table, pieces) == outcome(GeneralOnly, table, pieces), (table, pieces)
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_fast_path_agrees_with_the_general_path_in_many_splits(scenario: str) -> None:
+    data = SCENARIOS[scenario].data
+    assert_paths_agree([[data], *[[data[:cut], data[cut:]] for cut in range(0, len(data) + 1, 3)]])
+
+
+OPEN = ndjson(text("Let me check."), calls(fn("run_sql", '{"query":"SEL', 0)))
+REST = ndjson(calls(fn(None, 'ECT 1"}', 0)), FINAL)
+NEAR_MISS = [
+    pytest.param(ndjson(calls(fn(None, "ECT", 0))), id="fragment"),
+    pytest.param(ndjson(calls(fn(None, "ECT"))), id="no-index"),
+    pytest.param(ndjson(calls(fn(None, "ECT", 1))), id="index-not-open"),
+    pytest.param(ndjson(calls('{"function":{"index":-1,"arguments":"ECT"}}')), id="index-negative"),
+    pytest.param(ndjson(calls('{"function":{"index":true,"arguments":"ECT"}}')), id="index-bool"),
+    pytest.param(ndjson(calls('{"function":{"index":"0","arguments":"ECT"}}')), id="index-string"),
+    pytest.param(ndjson(calls('{"function":{"index":false,"arguments":"ECT"}}')), id="index-false"),
+    pytest.param(ndjson(calls(fn("drop_table", "ECT", 0))), id="named"),
+    pytest.param(ndjson(calls('{"function":{"index":0,"name":"","arguments":"ECT"}}')), id="name-empty"),
+    pytest.param(ndjson(calls('{"function":{"index":0,"name":7,"arguments":"ECT"}}')), id="name-number"),
+    pytest.param(ndjson(calls(fn(None, {"a": 1}, 0))), id="arguments-object"),
+    pytest.param(ndjson(calls(fn(None, 7, 0))), id="arguments-number"),
+    pytest.param(ndjson(calls(fn(None, None, 0))), id="arguments-null"),
+    pytest.param(ndjson(calls(fn(None, "ECT", 0), fn(None, "!", 0))), id="two-entries"),
+    pytest.param(ndjson(calls(fn(None, "ECT", 0), content="hi")), id="text-beside"),
+    pytest.param(
+        ndjson(calls('{"id":"c","type":"function","function":{"index":0,"arguments":"ECT"}}')), id="entry-extra"
+    ),
+    pytest.param(ndjson(calls('{"function":"ECT"}')), id="function-string"),
+    pytest.param(ndjson(calls('"ECT"')), id="entry-string"),
+    pytest.param(
+        ndjson(line('{"role":"assistant","content":"","thinking":"hm","tool_calls":[' + fn(None, "ECT", 0) + "]}")),
+        id="thinking-beside",
+    ),
+    pytest.param(
+        ndjson(line('{"role":"assistant","thinking":"","images":null,"tool_calls":[' + fn(None, "ECT", 0) + "]}")),
+        id="empty-fields-beside",
+    ),
+    pytest.param(ndjson(line('{"tool_calls":[' + fn(None, "ECT", 0) + "]}")), id="no-role"),
+    pytest.param(ndjson(line('{"role":"assistant","tool_calls":[' + fn(None, "ECT", 0) + "]}", done=True)), id="done"),
+    pytest.param(
+        ndjson(line('{"role":"assistant","tool_calls":[' + fn(None, "ECT", 0) + "]}", extra=',"done":1')), id="done-one"
+    ),
+    pytest.param(ndjson(calls(fn(None, '"}', 0)), calls(fn(None, "late", 0))), id="late-fragment"),
+    pytest.param(ndjson(calls(fn(None, "ECT", 0))).replace(b"\n", b"\r\n"), id="crlf"),
+    pytest.param(b"\n" + ndjson(calls(fn(None, "ECT", 0))), id="blank-line-first"),
+]
+
+
+@pytest.mark.parametrize("variant", NEAR_MISS)
+def test_fast_path_agrees_with_the_general_path_on_near_misses(variant: bytes) -> None:
+    data = OPEN + variant + REST
+    start, end = len(OPEN), len(OPEN) + len(variant)
+    edges = [start - 1, start, start + 1, (start + end) // 2, end - 1, end, end + 1]
+    assert_paths_agree([[data], [OPEN, variant, REST], *[[data[:cut], data[cut:]] for cut in edges]])
+
+
+def test_argument_fragments_take_the_fast_path() -> None:
+    columns = ", ".join(f"c{i}" for i in range(40))
+    args = orjson.dumps({"query": f'SELECT {columns} FROM "t"'}).decode()  # noqa: S608 (arguments, never run)
+    pieces = [args[i : i + 7] for i in range(0, len(args), 7)]
+    data = ndjson(calls(fn("run_sql", pieces[0], 0)), *[calls(fn(None, piece, 0)) for piece in pieces[1:]], FINAL)
+    lines = data.splitlines(keepends=True)
+    guard = Counting(Judge({}))
+    out = b"".join(guard.feed(piece) for piece in lines) + guard.close()
+    assert guard.fast == len(pieces) - 1 and view(out)["calls"] == [("run_sql", orjson.loads(args))]
+    assert_paths_agree([lines, [data]])
+
+
+def test_hostile_mutations_take_either_path_alike() -> None:
+    rng = random.Random(17)
+    bases = [s.data for s in SCENARIOS.values()] + [OPEN + ndjson(calls(fn(None, "ECT", 0))) + REST]
+    for _ in range(300):
+        data = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.choice(b'{}[]":,\\\n0a ')
+        cut = rng.randrange(len(data) + 1)
+        assert_paths_agree([[bytes(data[:cut]), bytes(data[cut:])], bytes(data).splitlines(keepends=True)])
+
+
+def test_a_whole_line_over_the_cap_in_one_chunk_fails_closed() -> None:
+    big = ndjson(text("x" * MAX_EVENT_BYTES))
+    out, guard = run(ndjson(text("Hello.")) + big + ndjson(FINAL), Judge({"(unreadable)": "strip"}), None)
+    assert view(out)["content"] == "Hello." + notice_text("(unreadable)") and guard.blocked is None
+    pieces = [ndjson(text("Hello.")), big, ndjson(FINAL)]
+    out, guard = run(b"", Judge({"(unreadable)": "strip"}), pieces)
+    assert view(out)["content"] == "Hello." + notice_text("(unreadable)") and guard.blocked is None

@@ -1,17 +1,20 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 import pytest
 
+from aiperimeter.errors import BadRequest
 from aiperimeter.gateway.tools import hold
-from aiperimeter.gateway.tools.base import MAX_CALL_BYTES, MAX_EVENT_BYTES, Declared, RequestTools
+from aiperimeter.gateway.tools.base import MAX_CALL_BYTES, MAX_EVENT_BYTES, Declared, RequestTools, SSESplitter
 from aiperimeter.gateway.tools.hold import ObjectEnd
 from aiperimeter.gateway.tools.openai_chat import StreamGuard, judge_body, read_request
 from aiperimeter.policy.calls import ALLOW, ToolCall, Verdict
+from tests.support import toolwire
 
 # --- a judge that proves it only ever sees complete calls -------------------------------------------------------------
 
@@ -560,6 +563,29 @@ def test_a_call_without_a_name_is_judged_unnamed() -> None:
     assert view(out)["choices"][0]["finish"] == "stop"
 
 
+CALL_CHUNK = chunk(choice(call(0, '{"query":"DROP TABLE orders"}', "call_d", "run_sql")))
+NAN_CALL = CALL_CHUNK[:-1].encode() + b',"x":NaN}'
+CASE_VARIANTS = [  # keys a Go client reads as the field they fold to
+    ("tool_calls", "Tool_calls"),
+    ("tool_calls", "TOOL_CALLS"),
+    ("tool_calls", "tool_callſ"),  # U+017F folds to s
+    ('"delta"', '"Delta"'),
+    ('"choices"', '"Choices"'),
+    ('"function"', '"Function"'),
+    ('"arguments"', '"Arguments"'),
+    ('"name"', '"\\u004eame"'),  # an escaped capital: the same key to every reader
+]
+TWO_BODIES = [  # which body a reader runs depends on the reader: none is the call
+    ('{"tool_calls":[{"index":0,"id":"c1","custom":{"name":"get_time","input":"now"},'
+     '"function":{"name":"run_sql","arguments":"{}"}}]}', "custom-and-function"),
+    ('{"tool_calls":[{"index":0,"id":"c1","type":"custom","function":{"name":"run_sql","arguments":"{}"}}]}',
+     "custom-type-function-body"),
+    ('{"tool_calls":[{"index":0,"id":"c1","type":"function","custom":{"name":"run_sql","input":"x"}}]}',
+     "function-type-custom-body"),
+    ('{"tool_calls":[{"index":0,"id":"c1","type":"code","function":{"name":"run_sql","arguments":"{}"}}]}',
+     "unknown-type"),
+]  # fmt: skip
+
 UNREADABLE = [
     pytest.param(b"data: {not json\n\n", id="not-json"),
     pytest.param(b"data: [1, 2]\n\n", id="json-array"),
@@ -569,6 +595,16 @@ UNREADABLE = [
     pytest.param(stream(chunk(choice('{"tool_calls":[{"index":0,"function":{"name":1}}]}'))), id="name-number"),
     pytest.param(stream(chunk(choice('{"tool_calls":[{"index":0,"function":{"arguments":[1]}}]}'))), id="args-list"),
     pytest.param(stream(chunk('{"index":0,"message":{"tool_calls":[{"id":"c"}]}}')), id="message-in-chunk"),
+    pytest.param(b"event: ping\ndata: ping\n\n", id="ping-not-json"),
+    pytest.param(b"event: ping\ndata: " + NAN_CALL + b"\n\n", id="ping-nan"),
+    pytest.param(b'event: ping\ndata: {"type":"ping","x":Infinity}\n\n', id="ping-infinity"),
+    pytest.param(b'event: ping\ndata: {"type":"ping","x":"\\ud800"}\n\n', id="ping-lone-surrogate"),
+    pytest.param(b"data: " + NAN_CALL + b"\n\n", id="nan-unnamed"),
+    pytest.param(stream(CALL_CHUNK).replace(b"\n\n", b"\nfoo: 1\n\n"), id="odd-line"),
+    pytest.param(stream(CALL_CHUNK).replace(b"data:", b"\xef\xbb\xbfdata:"), id="bom-not-at-start"),
+    pytest.param(stream(CALL_CHUNK).replace(b"data:", b"Data:"), id="field-name-case"),
+    *[pytest.param(stream(CALL_CHUNK.replace(k, v)), id=f"case-{v}") for k, v in CASE_VARIANTS],
+    *[pytest.param(stream(chunk(choice(d))), id=i) for i, d in TWO_BODIES],
 ]
 
 
@@ -587,10 +623,50 @@ def test_unreadable_events_fail_closed(bad: bytes) -> None:
     assert guard.blocked is None and seen["done"]
 
 
-def test_non_json_events_that_carry_no_call_pass() -> None:
-    data = b": keep-alive\n\nevent: ping\ndata: ping\n\n" + stream(HI, DONE)
+@pytest.mark.parametrize(
+    "quiet",
+    [
+        pytest.param(b": keep-alive\n\n", id="comment"),
+        pytest.param(b"event: ping\ndata:\n\n", id="ping-empty"),
+        pytest.param(b"event: ping\n\n", id="ping-no-data"),
+        pytest.param(b'event: ping\ndata: {"type":"ping"}\n\n', id="ping-object"),
+        pytest.param(b"id: 7\nretry: 100\n\n", id="id-retry"),
+    ],
+)
+def test_events_that_carry_no_call_pass(quiet: bytes) -> None:
+    data = quiet + stream(HI, DONE)
     out, guard = run(data, Judge({}))
     assert out == data and guard.decisions == []
+
+
+def test_a_later_fragment_of_another_kind_is_unreadable() -> None:
+    other = '{"tool_calls":[{"index":0,"custom":{"input":"DROP TABLE orders"}}]}'
+    data = stream(chunk(choice(call(0, '{"query":', "call_abc", "run_sql"))), chunk(choice(other)),
+                  chunk(choice(call(0, '"SELECT 1"}'))), FINISH_CALLS, DONE)  # fmt: skip
+    out, guard = run(data, Judge({"(unreadable)": "strip"}))
+    assert [d.call.name for d in guard.decisions] == ["(unreadable)", "run_sql"]
+    assert view(out)["choices"][0]["calls"] == [("call_abc", "function", "run_sql", '{"query":"SELECT 1"}')]
+    assert b"DROP" not in out
+
+
+def test_a_leading_byte_order_mark_is_dropped_and_the_event_judged() -> None:
+    data = b"\xef\xbb\xbf" + stream(CALL_CHUNK, FINISH_CALLS, DONE)
+    for pieces in splits(data)[:60]:
+        out, guard = run(data, Judge({"run_sql": "block"}), pieces)
+        assert guard.blocked is not None and guard.blocked.call.name == "run_sql", pieces
+        assert b"DROP" not in out and not out.startswith(b"\xef")
+
+
+@pytest.mark.parametrize("key", ["arguments", "other"])
+def test_objects_nested_too_deep_to_rewrite_are_unreadable(key: str) -> None:
+    deep = '{"x":' * 300 + "1" + "}" * 300
+    entry = '{"index":0,"id":"c","type":"function","function":{"name":"run_sql","arguments":' + deep + "}}"
+    if key == "other":
+        entry = '{"index":0,"id":"c","type":"function","deep":' + deep + ',"function":{"name":"run_sql"}}'
+    data = stream(HI, chunk(choice('{"tool_calls":[' + entry + "]}")), FINISH_CALLS, DONE)
+    out, guard = run(data, Judge({"(unreadable)": "block"}))
+    assert guard.blocked is not None and guard.blocked.call.error == "unreadable"
+    assert view(out)["errors"] == ["tool_call_blocked"]
 
 
 def test_an_oversized_event_fails_closed() -> None:
@@ -761,6 +837,53 @@ def test_body_block(raw: bytes, name: str) -> None:
     assert orjson.loads(result.body)["error"]["code"] == "tool_call_blocked"
 
 
+BODY_UNREADABLE = [
+    *[pytest.param(body(SQL_BODY).replace(k.encode(), v.encode()), id=f"case-{v}") for k, v in CASE_VARIANTS
+      if k != '"delta"'],
+    pytest.param(body({"id": "c1", "custom": {"name": "get_time", "input": "now"}, "function": SQL_BODY["function"]}),
+                 id="custom-and-function"),
+    pytest.param(body({**SQL_BODY, "type": "custom"}), id="custom-type-function-body"),
+    pytest.param(body({**PATCH_BODY, "type": "function"}), id="function-type-custom-body"),
+    pytest.param(body({**SQL_BODY, "type": "code"}), id="unknown-type"),
+    pytest.param(body(SQL_BODY, content="x", deep="@").replace(b'"@"', b'{"x":' * 300 + b"1" + b"}" * 300),
+                 id="too-deep-to-rewrite"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("raw", BODY_UNREADABLE)
+def test_body_unreadable(raw: bytes) -> None:
+    result = judge_body(raw, Judge({"run_sql": "strip", "(unreadable)": "strip"}))
+    assert result.blocked is not None and result.blocked.call.error == "unreadable"
+    assert b"SELECT" not in result.body
+
+
+@pytest.mark.parametrize(
+    ("call", "delivered"),
+    [
+        pytest.param({**SQL_BODY, "index": 0, "extra": {"function": {}}}, SQL_BODY, id="fields-not-read"),
+        pytest.param({"id": "call_abc", "function": SQL_BODY["function"]}, SQL_BODY, id="no-type"),
+        pytest.param({**SQL_BODY, "custom": None}, SQL_BODY, id="null-second-body"),
+        pytest.param({"id": "call_c", "custom": PATCH_BODY["custom"]}, PATCH_BODY, id="custom-no-type"),
+    ],
+)
+def test_body_delivers_calls_as_judged(call: dict[str, Any], delivered: dict[str, Any]) -> None:
+    judge = Judge({})
+    result = judge_body(body(call), judge)
+    assert orjson.loads(result.body)["choices"][0]["message"]["tool_calls"] == [delivered]
+    assert len(judge.seen) == 1 and judge.seen[0][2:4] == (delivered["id"], delivered["type"])
+
+
+def test_arguments_nested_too_deep_are_judged_unusable() -> None:
+    deep = b'{"x":' * 300 + b"1" + b"}" * 300
+    call = {"id": "c", "type": "function", "function": {"name": "run_sql", "arguments": "@"}}
+    judge = Judge({})
+    judge_body(body(call).replace(b'"@"', deep), judge)
+    assert judge.seen == [("run_sql", None, "c", "function", "too_deep")]
+    history = orjson.dumps({"messages": [{"role": "assistant", "tool_calls": [call]}]}).replace(b'"@"', deep)
+    with pytest.raises(BadRequest):
+        read_request(orjson.loads(history))
+
+
 def test_body_without_choices_passes() -> None:
     raw = b'{"error":{"message":"rate limited"}}'
     assert judge_body(raw, Judge({})).body == raw
@@ -883,3 +1006,487 @@ FN = {"type": "function", "function": {"name": "run_sql", "parameters": {"type":
 )
 def test_read_request(doc: Any, expected: RequestTools) -> None:
     assert read_request(doc) == expected
+
+
+# --- the fast paths do what the general path does ---------------------------------------------------------------------
+
+
+class GeneralOnly(StreamGuard):
+    """The guard with its fast paths off: every chunk is read the general way."""
+
+    def _next_fragment(self, doc: Any, raw: bytes) -> bool:
+        return False
+
+
+class WithoutFrames(StreamGuard):
+    """The guard parsing every argument fragment whole: frames are learnt but never used."""
+
+    def _same_frame(self, raw: bytes) -> bool:
+        return False
+
+
+class Counting(StreamGuard):
+    """Counts the events each fast path took."""
+
+    def __init__(self, judge: Judge) -> None:
+        super().__init__(judge)
+        self.framed = 0
+        self.parsed = 0
+
+    def _same_frame(self, raw: bytes) -> bool:
+        taken = super()._same_frame(raw)
+        self.framed += taken
+        return taken
+
+    def _next_fragment(self, doc: Any, raw: bytes) -> bool:
+        taken = super()._next_fragment(doc, raw)
+        self.parsed += taken
+        return taken
+
+
+GUARDS = (StreamGuard, WithoutFrames, GeneralOnly)
+TABLES = ({}, {"run_sql": "strip"}, {"run_sql": "block", "(unreadable)": "strip"})
+
+
+def outcome(kind: type[StreamGuard], table: dict[str, str], pieces: list[bytes]) -> tuple[Any, ...]:
+    guard = kind(Judge(table))
+    out = b"".join(guard.feed(piece) for piece in pieces) + guard.close()
+    decisions = [(key(d.call), d.call.raw_size, d.verdict.decision) for d in guard.decisions]
+    return out, decisions, guard.blocked
+
+
+def assert_paths_agree(pieces_list: list[list[bytes]]) -> None:
+    """The same bytes in the same pieces: the same output, decisions and block, whichever paths the guard took."""
+    for table in TABLES:
+        for pieces in pieces_list:
+            general = outcome(GeneralOnly, table, pieces)
+            for kind in GUARDS[:-1]:
+                assert outcome(kind, table, pieces) == general, (kind.__name__, table, pieces)
+
+
+def cuts(data: bytes, at: list[int]) -> list[list[bytes]]:
+    return [[data[:cut], data[cut:]] for cut in at if 0 <= cut <= len(data)]
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+def test_fast_paths_agree_with_the_general_path_in_many_splits(scenario: str) -> None:
+    data = SCENARIOS[scenario].data
+    rng = random.Random(len(data))
+    three = [sorted(rng.sample(range(len(data) + 1), 2)) for _ in range(20)]
+    assert_paths_agree(
+        [[data], *cuts(data, list(range(0, len(data) + 1, 7))), *[[data[:a], data[a:b], data[b:]] for a, b in three]]
+    )
+
+
+def test_fast_paths_agree_with_the_general_path_on_mutated_streams() -> None:
+    rng = random.Random(13)
+    bases = [s.data for s in SCENARIOS.values()] + [NEAR_MISS_OPEN + NEAR_MISS_CLOSE, PADDED_OPEN + PADDED_CLOSE]
+    for _ in range(400):
+        data = bytearray(rng.choice(bases))
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.choice(b'{}[]":,\\\n\r0a ')
+        at = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randint(0, 3)))
+        assert_paths_agree([[bytes(data[a:b]) for a, b in zip([0, *at], [*at, len(data)], strict=True)]])
+
+
+def fragment_chunk(body: str, *, part: str = ',"logprobs":null,"finish_reason":null', extra: str = "") -> str:
+    """A chunk whose only call entry is `body`, written out by hand so odd bytes stay as they are."""
+    return "{" + ENV + ',"choices":[{"index":0,"delta":{"tool_calls":[' + body + "]}" + part + "}]" + extra + "}"
+
+
+# A call open with part of its arguments, so a frame was learnt from the last fragment; then a variant; then the rest.
+NEAR_MISS_OPEN = stream(
+    ROLE,
+    chunk(choice(call(0, "", "call_abc", "run_sql"))),
+    chunk(choice(call(0, '{"query":"SEL'))),
+    chunk(choice(call(0, "ECT"))),
+)
+NEAR_MISS_CLOSE = stream(chunk(choice(call(0, ' 1"}'))), FINISH_CALLS, USAGE, DONE)
+NEAR_MISS = [
+    pytest.param(stream(chunk(choice(call(0, " 2")))), id="same-frame"),
+    pytest.param(stream(chunk(choice(call(0, " 2", name="drop_table")))), id="name"),
+    pytest.param(stream(chunk(choice(call(0, '{"x":1}', "call_new", "get_time")))), id="id-opens-a-new-call"),
+    pytest.param(stream(fragment_chunk('{"index":0,"id":null,"function":{"arguments":" 2"}}')), id="id-null"),
+    pytest.param(stream(fragment_chunk('{"index":0,"id":7,"function":{"arguments":" 2"}}')), id="id-number"),
+    pytest.param(stream(fragment_chunk('{"index":0,"type":"function","function":{"arguments":" 2"}}')), id="type"),
+    pytest.param(stream(fragment_chunk('{"index":0,"type":"custom","function":{"arguments":" 2"}}')), id="type-custom"),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"custom":{"input":"x"},"function":{"arguments":" 2"}}')), id="custom-body"
+    ),
+    pytest.param(stream(fragment_chunk('{"index":0,"custom":{"input":7}}')), id="custom-body-bad"),
+    pytest.param(stream(fragment_chunk('{"index":true,"function":{"arguments":" 2"}}')), id="index-bool"),
+    pytest.param(stream(fragment_chunk('{"index":-1,"function":{"arguments":" 2"}}')), id="index-negative"),
+    pytest.param(stream(fragment_chunk('{"function":{"arguments":" 2"}}')), id="index-missing"),
+    pytest.param(stream(fragment_chunk('{"index":1,"function":{"arguments":" 2"}}')), id="index-not-open"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":{"a":1}}}')), id="arguments-object"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":7}}')), id="arguments-number"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":null}}')), id="arguments-null"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":" 2","name":null}}')), id="name-null"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":" 2","name":""}}')), id="name-empty"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":" 2","x":1}}')), id="body-extra"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":"x"}')), id="body-string"),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"function":{"arguments":" 2"}},{"index":0,"function":{"arguments":"!"}}')),
+        id="two-entries",
+    ),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"function":{"arguments":" 2"}}', part=',"logprobs":{"content":[]}')),
+        id="logprobs-set",
+    ),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"function":{"arguments":" 2"}}', part=',"finish_reason":"tool_calls"')),
+        id="finish",
+    ),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":" 2"}}', part="")), id="part-bare"),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"function":{"arguments":" 2"}}', part=',"finish_reason":null,"x":1')),
+        id="part-extra",
+    ),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"function":{"arguments":" 2"}}', part=',"finish_reason":null,"x":null')),
+        id="part-extra-null",
+    ),
+    pytest.param(
+        stream(
+            fragment_chunk(
+                '{"index":0,"function":{"arguments":" 2"}}', part=',"logprobs":null,"finish_reason":null,"x":[1]'
+            )
+        ),
+        id="part-extra-beside-nulls",
+    ),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"function":{"arguments":" 2"}}', part=',"message":{"content":"x"}')),
+        id="message-beside",
+    ),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"function":{"arguments":" 2"}}', extra=',"usage":{"total_tokens":3}')),
+        id="usage",
+    ),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"function":{"arguments":" 2"}}', extra=',"usage":null')), id="usage-null"
+    ),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"function":{"arguments":" 2"}}', extra=',"obfuscation":"Zq"')),
+        id="obfuscation",
+    ),
+    pytest.param(
+        stream(chunk(choice('{"content":"hi","tool_calls":[{"index":0,"function":{"arguments":" 2"}}]}'))),
+        id="text-beside",
+    ),
+    pytest.param(
+        stream(chunk(choice('{"content":null,"tool_calls":[{"index":0,"function":{"arguments":" 2"}}]}'))),
+        id="null-text-beside",
+    ),
+    pytest.param(stream(chunk(choice(call(0, " 2")), choice(call(0, " 3"), 1))), id="two-choices"),
+    pytest.param(stream(chunk(choice(call(0, " 2"), 1))), id="other-choice"),
+    pytest.param(
+        stream(*[chunk(choice(call(0, *args), 1)) for args in [("", "call_t", "get_time"), ('{"tz":',), ('"UTC"',)]])
+        + stream(chunk(choice(call(0, " 2"))), chunk(choice(call(0, "}"), 1))),
+        id="call-in-other-choice",
+    ),
+    # the bytes of the learnt frame around something that is not one string token
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments": " 2"}}')), id="space-before-string"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":" 2" }}')), id="space-after-string"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":" 2","x":"y"}}')), id="string-then-key"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":" 2"\n}}')), id="newline-after-string"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":\n" 2"}}')), id="newline-before-string"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":"a\\"}}')), id="unterminated"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":"a\\u00"}}')), id="bad-escape"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":"\\ud800"}}')), id="lone-surrogate"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":"a\tb"}}')), id="raw-tab"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":"a\nb"}}')), id="raw-newline"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":"a\rb"}}')), id="raw-cr"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":"\\"x\\""}}')), id="escaped-quotes"),
+    pytest.param(stream(fragment_chunk('{"index":0,"function":{"arguments":"\\u0020\\/"}}')), id="odd-escapes"),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"function":{"arguments":"é✓"}}')).replace(b"\xc3\xa9", b"\xc3"),
+        id="invalid-utf8",
+    ),
+    pytest.param(
+        stream(fragment_chunk('{"index":0,"function":{"arguments":" 2","arguments":" 3"}}')), id="duplicate-key"
+    ),
+    pytest.param(stream(chunk(choice(call(0, " 2")))).replace(b"\n", b"\r\n"), id="crlf"),
+    pytest.param(b"data:" + stream(chunk(choice(call(0, " 2"))))[6:], id="no-space-after-data"),
+    pytest.param(b"data:  " + stream(chunk(choice(call(0, " 2"))))[6:], id="two-spaces-after-data"),
+    pytest.param(b"event: x\n" + stream(chunk(choice(call(0, " 2")))), id="event-name"),
+    pytest.param(b"id: 4\n" + stream(chunk(choice(call(0, " 2")))), id="id-field"),
+    pytest.param(stream(chunk(choice(call(0, " 2"))))[:-1] + b"data: x\n\n", id="two-data-lines"),
+    pytest.param(b": keep-alive\n" + stream(chunk(choice(call(0, " 2")))), id="comment-first"),
+    pytest.param(stream(chunk(choice(call(0, " 2"))), chunk(choice(call(0, " 3")))), id="two-events"),
+    pytest.param(stream(chunk(choice(call(0, '"}')))) + stream(chunk(choice(call(0, " late")))), id="late-fragment"),
+    pytest.param(
+        stream(
+            chunk(choice(call(0, '"}'))), chunk(choice(call(0, "", "call_t", "get_time"))), chunk(choice(call(0, "{}")))
+        ),
+        id="new-call-same-index",
+    ),
+    pytest.param(
+        stream(chunk(choice(call(0, '"}'))), chunk(choice(call(0, "", "call_c", "apply_patch", kind="custom"))))
+        + stream(chunk(choice(call(0, " 2"))), chunk(choice(call(0, "*** x", kind="custom")))),
+        id="custom-call-same-index",
+    ),
+    pytest.param(stream(DONE, chunk(choice(call(0, " after")))), id="after-done"),
+]
+
+
+@pytest.mark.parametrize("variant", NEAR_MISS)
+def test_fast_paths_agree_with_the_general_path_on_near_misses(variant: bytes) -> None:
+    data = NEAR_MISS_OPEN + variant + NEAR_MISS_CLOSE
+    start, end = len(NEAR_MISS_OPEN), len(NEAR_MISS_OPEN) + len(variant)
+    edges = [start - 2, start - 1, start, start + 1, start + 6, (start + end) // 2, end - 3, end - 2, end - 1, end + 1]
+    assert_paths_agree(
+        [
+            [data],
+            [NEAR_MISS_OPEN, variant, NEAR_MISS_CLOSE],  # each its own chunk: the variant is read as one whole chunk
+            [NEAR_MISS_OPEN, *[variant[i : i + 9] for i in range(0, len(variant), 9)], NEAR_MISS_CLOSE],
+            *cuts(data, edges),
+        ]
+    )
+
+
+def padded(data: str, pad: str = '"Zq0"') -> str:
+    """The chunk with OpenAI's `obfuscation` padding as its last member (`pad` as written)."""
+    return data[:-1] + ',"obfuscation":' + pad + "}"
+
+
+# The single call with padding on every chunk (a frame is learnt from its first fragment), a variant, then the rest.
+PADDED_OPEN = stream(
+    padded(chunk(choice('{"role":"assistant","content":null}')), '""'),
+    padded(chunk(choice(call(0, "", "call_abc", "run_sql"))), '"a"'),
+    padded(chunk(choice(call(0, '{"query":"SEL'))), '"bb"'),
+)
+PADDED_CLOSE = stream(padded(chunk(choice(call(0, ' 1"}')))), padded(FINISH_CALLS), DONE)
+PADDED = [
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), '"a1B2c3"')), id="other-padding"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), '""')), id="empty-padding"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), r'"\u0041\""')), id="escaped-padding"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), "7")), id="padding-number"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), "null")), id="padding-null"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), '"a\nb"')), id="padding-raw-newline"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), ' "x"')), id="padding-space"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), '"x","y":1')), id="member-after-padding"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), '"x","obfuscation":"y"')), id="padding-twice"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), '"x"}')), id="brace-after-padding"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), '"x"') + " "), id="space-after-chunk"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))), '"x"')[:-1] + "]"), id="bracket-for-brace"),
+    pytest.param(stream(chunk(choice(call(0, "ECT")))), id="no-padding"),
+    pytest.param(stream(padded(chunk(choice(call(0, '","obfuscation":'))))), id="pad-key-in-arguments"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT"))))).replace(b"}\n\n", b"}\r\n\r\n"), id="crlf"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT", name="drop_table"))))), id="name"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT")), extra=',"usage":{"total_tokens":1}'))), id="usage"),
+    pytest.param(stream(padded(chunk(choice(call(0, "ECT")), extra=',"usage":null'))), id="usage-null"),
+]
+
+
+@pytest.mark.parametrize("variant", PADDED)
+def test_fast_paths_agree_with_the_general_path_on_padded_chunks(variant: bytes) -> None:
+    data = PADDED_OPEN + variant + PADDED_CLOSE
+    start, end = len(PADDED_OPEN), len(PADDED_OPEN) + len(variant)
+    edges = [start - 1, start + 1, (start + end) // 2, end - 3, end - 2, end - 1]
+    assert_paths_agree([[data], [PADDED_OPEN, variant, PADDED_CLOSE], *cuts(data, edges)])
+
+
+def decoyed(real: str, decoy: str, *, before: bool = False) -> str:
+    """A fragment whose arguments are `real` as written, beside another `arguments` key holding `decoy`."""
+    body = '{"index":0,"function":{"arguments":' + real + "}}"
+    if before:
+        return '{"x":{"arguments":' + decoy + "}," + fragment_chunk(body)[1:]
+    return fragment_chunk(body, extra=',"x":{"arguments":' + decoy + "}")
+
+
+# The first fragments of a call, the ones a frame is learnt from, in shapes where learning must not go wrong.
+OPENING = [
+    pytest.param(stream(*[decoyed('"\\u0041"', f'"{t}"') for t in ("A", "DROP", "B")]), id="decoy-after-real-escaped"),
+    pytest.param(
+        stream(*[decoyed('"\\u0041"', f'"{t}"', before=True) for t in ("A", "DROP", "B")]),
+        id="decoy-before-real-escaped",
+    ),
+    pytest.param(stream(*[decoyed(f'"{t}"', f'"{t}"') for t in ("A", "A", "B")]), id="decoy-same-bytes"),
+    pytest.param(
+        stream(*[fragment_chunk('{"index":0,"function":{"arguments":"' + t + '","arguments":"A"}}') for t in "ABC"]),
+        id="duplicate-key-first-changes",
+    ),
+    pytest.param(
+        stream(*[fragment_chunk('{"index":0,"function":{"arguments":"A","arguments":"' + t + '"}}') for t in "ABC"]),
+        id="duplicate-key-last-changes",
+    ),
+    pytest.param(
+        stream(*[fragment_chunk('{"index":0,"function":{"arguments":"' + t + '"},"function":{}}') for t in "ABC"]),
+        id="duplicate-function",
+    ),
+    pytest.param(stream(*[decoyed(f'"{t}"', '"\\"A\\""') for t in ("A", "B")]), id="decoy-inside-string"),
+    pytest.param(stream(*[padded(decoyed(f'"{t}"', '"x"'), f'"{t}"') for t in "AAB"]), id="padding-holds-the-text"),
+    pytest.param(
+        stream(*[padded(fragment_chunk(r'{"index":0,"function":{"arguments":"\u0041"}}'), f'"{t}"') for t in "AAB"]),
+        id="padding-holds-the-text-arguments-escaped",
+    ),
+    pytest.param(
+        stream(*[padded(fragment_chunk('{"index":0,"function":{"arguments":"A"}}'), '"A","obfuscation":"B"')] * 2),
+        id="padding-overridden",
+    ),
+]
+
+
+@pytest.mark.parametrize("opening", OPENING)
+@pytest.mark.parametrize(
+    "first",
+    [
+        pytest.param(chunk(choice(call(0, "", "call_abc", "run_sql"))), id="named"),
+        pytest.param(chunk(choice(call(0, "", "call_abc"))), id="unnamed"),
+        pytest.param(chunk(choice(call(0, "", "call_c", "apply_patch", kind="custom"))), id="custom"),
+    ],
+)
+def test_fast_paths_agree_with_the_general_path_as_a_call_opens(first: str, opening: bytes) -> None:
+    named_later = stream(chunk(choice(call(0, "", name="late_name"))))
+    for middle in (opening, named_later + opening, opening + named_later):
+        data = stream(ROLE, first) + middle + stream(FINISH_CALLS, DONE)
+        assert_paths_agree([[data], [stream(ROLE, first), middle, stream(FINISH_CALLS, DONE)]])
+
+
+@pytest.mark.parametrize("pending", [b": keep-alive", b"event: x", b"data: 1", b"\r", b"\n"])
+def test_a_fragment_chunk_behind_a_pending_line_is_read_with_that_line(pending: bytes) -> None:
+    fragment = stream(chunk(choice(call(0, " 2"))))
+    assert_paths_agree([[NEAR_MISS_OPEN, pending, fragment, NEAR_MISS_CLOSE]])
+
+
+def measured_stream(extra: Callable[[int], dict[str, Any]] | None = None) -> list[bytes]:
+    """A call whose arguments arrive a few bytes per chunk, as servers send them; `extra` adds fields to chunk i."""
+    columns = ", ".join(f"o.col{i}" for i in range(40))
+    query = f"SELECT {columns} FROM \"orders\" WHERE note = 'a\\b'"  # noqa: S608 (arguments, never run)
+    pieces = toolwire.chat_stream("Let me check.", [("call_1", "run_sql", orjson.dumps({"query": query}).decode())])
+    if extra is None:
+        return pieces
+    return [
+        stream(orjson.dumps({**orjson.loads(p[6:]), **extra(i)}).decode()) if p.startswith(b"data: {") else p
+        for i, p in enumerate(pieces)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra", "framed"),
+    [
+        pytest.param(None, True, id="same-bytes-around-each-fragment"),
+        pytest.param(lambda i: {"obfuscation": "x", "system_fingerprint": "fp"}, True, id="constant-extra-fields"),
+        pytest.param(lambda i: {"usage": None, "obfuscation": "p" * (i % 7)}, True, id="padding-per-chunk"),
+        pytest.param(lambda i: {"obfuscation": str(i), "n": 1}, False, id="padding-not-last"),
+        pytest.param(lambda i: {"system_fingerprint": str(i)}, False, id="field-changing-per-chunk"),
+    ],
+)
+def test_argument_fragments_take_the_fast_paths(extra: Callable[[int], dict[str, Any]] | None, framed: bool) -> None:
+    pieces = measured_stream(extra)
+    fragments = sum(b'"arguments"' in p and b'"name"' not in p for p in pieces)
+    guard = Counting(Judge({}))
+    out = b"".join(guard.feed(p) for p in pieces) + guard.close()
+    assert view(out)["choices"][0]["calls"][0][2] == "run_sql" and len(guard.decisions) == 1
+    if framed:  # the first fragment is parsed whole and teaches the frame the rest arrive in
+        assert (guard.parsed, guard.framed) == (1, fragments - 1)
+    else:
+        assert (guard.parsed, guard.framed) == (fragments, 0)
+    assert_paths_agree([pieces, [b"".join(pieces)]])
+
+
+# --- the SSE splitter ------------------------------------------------------------------------------------------------
+
+
+class ReferenceSplitter:
+    """The splitter as first written, re-scanning its buffer on every chunk: what SSESplitter must still return."""
+
+    def __init__(self, max_event: int) -> None:
+        self.buffer, self.lines, self.size, self.max = b"", [], 0, max_event
+        self.oversized = False
+
+    def feed(self, chunk: bytes) -> list[tuple[str | None, bytes, bytes]]:
+        buffer, held = self.buffer + chunk, b""
+        if buffer.endswith(b"\r"):
+            buffer, held = buffer[:-1], b"\r"
+        lines = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+        self.buffer = lines.pop() + held
+        events = []
+        for line in lines:
+            if line:
+                self.lines.append(line)
+                self.size += len(line) + 1
+            elif self.lines:
+                events.append(self.event())
+        if self.size + len(self.buffer) > self.max:
+            self.oversized, self.buffer, self.lines, self.size = True, b"", [], 0
+        return events
+
+    def close(self) -> list[tuple[str | None, bytes, bytes]]:
+        if self.buffer:
+            self.lines.append(self.buffer)
+        return [self.event()] if self.lines else []
+
+    def event(self) -> tuple[str | None, bytes, bytes]:
+        lines, self.lines, self.size = self.lines, [], 0
+        name, data = None, []
+        for line in lines:
+            if line.startswith(b"data:"):
+                data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+            elif line.startswith(b"event:"):
+                name = (line[7:] if line.startswith(b"event: ") else line[6:]).decode("utf-8", "replace")
+        return name, b"\n".join(data), b"\n".join(lines) + b"\n\n"
+
+
+def split_both(pieces: list[bytes], cap: int) -> tuple[list[Any], list[Any]]:
+    reference, splitter = ReferenceSplitter(cap), SSESplitter(cap)
+    want: list[Any] = [(reference.feed(piece), reference.oversized) for piece in pieces] + [reference.close()]
+    got: list[Any] = []
+    for piece in pieces:
+        single = splitter.single(piece)
+        events = [(e.event, e.data, e.raw) for e in splitter.feed(piece)]
+        assert single is None or events == [(None, single, piece)], piece  # `single` is what `feed` returns
+        got.append((events, splitter.oversized))
+    return want, [*got, [(e.event, e.data, e.raw) for e in splitter.close()]]
+
+
+def test_sse_splitter_returns_what_the_reference_does_in_any_split() -> None:
+    rng = random.Random(5)
+    alphabet = [b"\r", b"\n", b"\r\n", b"\n\n", b"data:", b"data: x", b"data: {}", b"event: e", b"id: 1", b":c", b" "]
+    for _ in range(4000):
+        data = b"".join(rng.choice(alphabet) for _ in range(rng.randint(0, 24)))
+        at = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randint(0, 6)))
+        pieces = [data[a:b] for a, b in zip([0, *at], [*at, len(data)], strict=True)]
+        cap = rng.choice([6, 12, 24, MAX_EVENT_BYTES])
+        want, got = split_both(pieces, cap)
+        assert got == want, (pieces, cap)
+
+
+def test_sse_splitter_drops_a_leading_byte_order_mark_in_any_split() -> None:
+    data = b"\xef\xbb\xbfdata: x\n\n\xef\xbb\xbfdata: y\n\n"
+    for cut in range(len(data) + 1):
+        for second in range(cut, len(data) + 1):
+            splitter = SSESplitter()
+            events = [e for p in (data[:cut], data[cut:second], data[second:]) for e in splitter.feed(p)]
+            events += splitter.close()
+            assert [(e.data, e.odd_lines) for e in events] == [(b"x", False), (b"", True)], (cut, second)
+    for short in (b"\xef", b"\xef\xbb"):  # a stream that ends inside what could have been a mark is a line
+        splitter = SSESplitter()
+        assert splitter.feed(short) == [] and not splitter.idle()
+        assert [(e.raw, e.odd_lines) for e in splitter.close()] == [(short + b"\n\n", True)]
+
+
+@pytest.mark.parametrize(
+    ("text", "data", "name", "odd"),
+    [
+        pytest.param(b"data: a\nevent: e\nid: 1\nretry: 5\n: c\n\n", b"a", "e", False, id="every-field"),
+        pytest.param(b"data\ndata: a\nevent\nid\nretry\n\n", b"\na", "", False, id="fields-without-colon"),
+        pytest.param(b"data: a\nfoo: b\n\n", b"a", None, True, id="unknown-field"),
+        pytest.param(b"data: a\nDATA: b\n\n", b"a", None, True, id="field-case"),
+        pytest.param(b"data: a\n data: b\n\n", b"a", None, True, id="leading-space"),
+        pytest.param(b"data: a\n\xef\xbb\xbfdata: b\n\n", b"a", None, True, id="inner-mark"),
+    ],
+)
+def test_sse_splitter_flags_lines_that_are_no_field(text: bytes, data: bytes, name: str | None, odd: bool) -> None:
+    splitter = SSESplitter()
+    events = splitter.feed(b"data: 0\n\n" + text)
+    assert [(e.data, e.event, e.odd_lines) for e in events] == [(b"0", None, False), (data, name, odd)]
+
+
+def test_sse_splitter_keeps_a_long_line_in_pieces_until_it_ends() -> None:
+    line = b"data: " + b"x" * 300_000
+    pieces = [line[i : i + 1000] for i in range(0, len(line), 1000)] + [b"\r", b"\n\r\n"]
+    want, got = split_both(pieces, MAX_EVENT_BYTES)
+    assert got == want and got[-2][0] == [(None, line[6:], line + b"\n\n")]
+    want, got = split_both(pieces, 100_000)  # past the cap while the line is still open: dropped, flagged
+    assert got == want and got[100] == ([], True)

@@ -16,9 +16,9 @@ import orjson
 import pytest
 
 from aiperimeter.gateway.tools import event_guard
-from aiperimeter.gateway.tools.base import MAX_CALL_BYTES, MAX_EVENT_BYTES, Declared, SSESplitter
+from aiperimeter.gateway.tools.base import MAX_CALL_BYTES, MAX_EVENT_BYTES, Declared, RawEvent, SSESplitter
 from aiperimeter.gateway.tools.openai_responses import StreamGuard, judge_body, read_request
-from aiperimeter.policy.calls import ToolCall, Verdict
+from aiperimeter.policy.calls import Decision, ToolCall, Verdict
 
 # --- a table-driven judge ----------------------------------------------------------------------------------------
 
@@ -412,7 +412,10 @@ def test_released_arguments_are_the_judged_ones() -> None:
     out, _ = run(wire([*created(), *call, completed([item])]), judge, [wire([*created(), *call, completed([item])])])
     assert judge.calls[0].arguments == {"query": "DROP TABLE users"}
     view = client_view(out)
-    assert view.streamed == view.done == view.final == [("call", "run_sql", "call_1", {"query": "DROP TABLE users"})]
+    assert view.streamed == view.done == [("call", "run_sql", "call_1", {"query": "DROP TABLE users"})]
+    # the snapshot's item says something else under the same ids: it is judged on its own
+    assert [c.arguments for c in judge.calls] == [{"query": "DROP TABLE users"}, SQL]
+    assert view.final == [("call", "run_sql", "call_1", SQL)]
 
 
 def test_a_call_only_in_the_final_snapshot_is_judged_there() -> None:
@@ -439,6 +442,36 @@ def test_a_call_only_in_the_final_snapshot_is_judged_there() -> None:
         pytest.param(
             b'data: {"type": "response.output_item.added", "item": {"type": "function_call"}}\n\n', id="no-index"
         ),
+        pytest.param(b'event: ping\ndata: {"type": "response.completed", "x": NaN}\n\n', id="ping-nan"),
+        pytest.param(b"event: ping\ndata: -Infinity\n\n", id="ping-infinity"),
+        pytest.param(b'event: ping\ndata: {"type": "ping", "x": "\\udfff"}\n\n', id="ping-lone-surrogate"),
+        pytest.param(b'data: {"type": "response.completed", "x": NaN}\n\n', id="nan-unnamed"),
+        pytest.param(b'data: {"type": "response.in_progress"}\nDATA: 1\n\n', id="odd-field-line"),
+        pytest.param(b'data: {"type": "response.in_progress"}\nretry_after: 5\n\n', id="unknown-field-line"),
+        pytest.param(
+            b'event: ping\ndata: {"type": "ping", "response": {"output": [{"type": "function_call"}]}}\n\n',
+            id="ping-with-more",
+        ),
+        pytest.param(b'event: ping\ndata: {"type": "response.in_progress"}\n\n', id="ping-named-other-type"),
+        pytest.param(
+            b'data: {"type": "response.output_text.delta", "output_index": 0, "delta": "x", '
+            b'"Item": {"type": "function_call", "name": "rm", "arguments": "{}"}}\n\n',
+            id="case-variant-key",
+        ),
+        pytest.param(
+            b'data: {"type": "response.in_progress", "response": {"Output": [{"type": "function_call"}]}}\n\n',
+            id="case-variant-nested-key",
+        ),
+        pytest.param(
+            b'data: {"type": "response.output_item.added", "output_index": 0, "item": {"type": "message", '
+            b'"content": [], "TYPE": "function_call", "name": "rm"}}\n\n',
+            id="case-variant-item-type",
+        ),
+        pytest.param(
+            b'data: {"type": "response.output_text.delta", "output_index": 0, "\xe2\x84\xaaey": 1, '
+            b'"\xc5\xbfequence_number": 3}\n\n',
+            id="long-s-key",
+        ),
     ],
 )
 def test_unreadable_events_are_judged_and_never_delivered(event: bytes) -> None:
@@ -449,6 +482,92 @@ def test_unreadable_events_are_judged_and_never_delivered(event: bytes) -> None:
         assert [(call.name, call.error) for call in judge.calls] == [("(unreadable)", "unreadable")]
         assert event.split(b"data: ")[1].strip() not in out
         assert bool(client_view(out).errors) == (decision == "block")
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        pytest.param(b"event: ping\ndata: \n\n", id="ping-empty"),
+        pytest.param(b'event: ping\ndata: {"type": "ping"}\n\n', id="ping"),
+        pytest.param(b'data: {"type": "ping"}\n\n', id="ping-unnamed"),
+        pytest.param(b"data: [DONE]\n\n", id="done"),
+        pytest.param(
+            b'data: {"type": "response.in_progress", "X-Trace": "Type", "Outputs2": 1, "response": {"id": "r", '
+            b'"tools": [{"type": "function", "name": "f", "parameters": {"properties": {"Name": {}, "TYPE": {}}}}], '
+            b'"text": {"format": {"type": "json_schema", "schema": {"Output": 1}}}, "metadata": {"Item": "x"}}}\n\n',
+            id="free-form-and-no-field",
+        ),
+    ],
+)
+def test_events_that_hide_nothing_pass_as_they_are(event: bytes) -> None:
+    judge = FakeJudge({}, on_error="block")
+    guard = StreamGuard(judge)
+    out = guard.feed(wire(created()) + event) + guard.close()
+    assert judge.calls == []
+    assert out == wire(created()) + event
+
+
+@pytest.mark.parametrize("same", [True, False], ids=["same-call", "another-call"])
+def test_a_snapshot_item_under_the_ids_of_a_judged_item_gets_the_judged_one_or_is_judged(same: bool) -> None:
+    done = {**SQL_ITEM, "arguments": '{"query": "SELECT 1"}'}
+    again = {**done, "status": "in_progress", "extra": 1} if same else {**done, "name": "rm", "arguments": "{}"}
+    data = wire(
+        [*created(), {"type": "response.output_item.done", "output_index": 0, "item": done}, completed([again])]
+    )
+    judge = FakeJudge(TABLE)
+    out, decisions = run(data, judge, [data])
+    view = client_view(out)
+    if same:  # the client gets the item that was judged, once
+        assert decisions == [("run_sql", None, "allow")]
+        assert events_of(out)[-1][1]["response"]["output"] == [done]
+    else:
+        assert decisions == [("run_sql", None, "allow"), ("rm", None, "strip")]
+        assert view.final == [notice_of("rm")]
+
+
+def test_one_item_id_at_two_indexes_is_unreadable() -> None:
+    # events that name only the item (by item_id) could go to either
+    one, item = function_call(0, "run_sql", "call_1", SQL_PIECES)
+    two, _ = function_call(1, "run_sql", "call_2", RM_PIECES)
+    two[0]["item"]["id"] = item["id"]
+    data = wire([*created(), one[0], two[0], *one[1:]])
+    out, decisions = run(data, FakeJudge(TABLE), [data])
+    assert decisions == [("(unreadable)", "unreadable", "strip"), ("run_sql", None, "allow")]
+    assert client_view(out).streamed == [CALL]
+
+
+def test_items_sharing_an_id_in_one_snapshot_are_unreadable() -> None:
+    twin = {**SQL_ITEM, "id": "fc_9", "name": "rm"}  # the call_id of SQL_ITEM
+    for raw in (body(TEXT_ITEM, SQL_ITEM, twin), body(SQL_ITEM, {**SQL_ITEM, "call_id": "call_9"})):
+        result = judge_body(raw, FakeJudge(TABLE, on_error="strip"))
+        assert [(d.call.name, d.call.error) for d in result.decisions] == [("(unreadable)", "unreadable")] * 2
+        assert [item["type"] for item in orjson.loads(result.body)["output"]] in ([], ["message"])
+        assert judge_body(raw, FakeJudge(TABLE, on_error="block")).blocked is not None
+    data = wire([*created(), completed([SQL_ITEM, twin])])
+    out, decisions = run(data, FakeJudge(TABLE), [data])
+    assert decisions == [("(unreadable)", "unreadable", "strip")] * 2
+    assert client_view(out).final == []
+
+
+def test_more_calls_than_the_cap_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(event_guard, "MAX_CALLS", 3)
+    added = [
+        {
+            "type": "response.output_item.added",
+            "output_index": n,
+            "item": {**SQL_ITEM, "id": f"fc_{n}", "arguments": ""},
+        }
+        for n in range(5)
+    ]
+    data = wire([*created(), *added, completed([])])
+    for decision in ("allow", "strip"):
+        out, decisions = run(data, FakeJudge({"run_sql": decision}), [data])
+        assert decisions == [("(unreadable)", "unreadable", "block")]
+        assert client_view(out).errors
+    items = [{**SQL_ITEM, "id": f"fc_{n}", "call_id": f"c{n}"} for n in range(5)]
+    result = judge_body(body(*items), FakeJudge(TABLE))
+    assert result.blocked is not None and result.blocked.call.error == "unreadable"
+    assert len(result.decisions) == 4
 
 
 def test_an_event_over_the_cap_is_unreadable() -> None:
@@ -478,6 +597,18 @@ def test_what_waits_behind_a_held_call_is_capped(monkeypatch: pytest.MonkeyPatch
     out, decisions = run(wire([*created(), *call[:2], *text]), judge, [wire([*created(), *call[:2], *text])])
     assert decisions == [("run_sql", "too_large", "strip")]
     assert client_view(out).streamed == [notice_of("run_sql"), ("text", "x" * 3000)]
+
+
+def test_a_fragment_that_passes_the_cap_on_what_waits_releases_it_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(event_guard, "MAX_EVENT_BYTES", 2000)
+    call, _ = function_call(0, "run_sql", "call_1", ['{"query": "', "x" * 300, '"}'])
+    text, _ = message(1, ["y" * 1200])
+    guard = StreamGuard(FakeJudge(TABLE))
+    out = guard.feed(wire([*created(), *call[:2]]))
+    out += guard.feed(wire(text[:3]))  # a message's first ~1800 bytes
+    assert client_view(out).streamed == []  # the text waits behind the held call
+    out += guard.feed(wire(call[2:3]))  # only a fragment, but it takes what waits past the cap
+    assert client_view(out).streamed == [notice_of("run_sql"), ("text", "y" * 1200)]
 
 
 def test_an_audited_call_cut_short_streams_on() -> None:
@@ -574,6 +705,9 @@ def test_judge_body(
         pytest.param(b"<html>502</html>", id="not-json"),
         pytest.param(b'{"output": "run_sql"}', id="output-not-a-list"),
         pytest.param(body(TEXT_ITEM, "fc"), id="item-not-an-object"),
+        pytest.param(body(TEXT_ITEM)[:-1] + b',"Output":[' + orjson.dumps(RM_ITEM) + b"]}", id="case-variant-key"),
+        pytest.param(body({**TEXT_ITEM, "TYPE": "function_call", "name": "rm"}), id="case-variant-in-an-item"),
+        pytest.param(body(TEXT_ITEM).replace(b'"status"', b'"\xc5\xbftatus"'), id="long-s"),
     ],
 )
 def test_judge_body_blocks_with_the_policy_error(raw: bytes) -> None:
@@ -652,6 +786,17 @@ def test_read_request_tools(doc: dict[str, Any], declared: list[Declared], force
     assert tools.hosted_other == []
 
 
+@pytest.mark.parametrize(
+    "prompt",
+    [{"id": "pmpt_1"}, {"id": "pmpt_1", "version": "2", "variables": {"x": "y"}}, "pmpt_1", {}, ""],
+)
+def test_read_request_reports_a_stored_prompt(prompt: Any) -> None:
+    # a stored prompt can bring tools of its own, hosted ones too, that the request does not show
+    tools = read_request({"prompt": prompt, "input": "hi"})
+    assert tools.hosted_other == ["prompt"]
+    assert read_request({"prompt": None, "input": "hi"}).hosted_other == []
+
+
 def test_read_request_history_and_results() -> None:
     tools = read_request(
         {
@@ -719,15 +864,24 @@ def leaked_calls(out: bytes) -> list[Any]:
 EVENTS_OF_CALLS = ("response.function_call_arguments.", "response.custom_tool_call_input.")
 
 
-@pytest.mark.parametrize("seed", range(50))
-def test_mangled_streams_never_raise_and_leak_no_call_when_all_are_stripped(seed: int) -> None:
-    rng = random.Random(seed)
+def mangled_streams(rng: random.Random) -> list[bytes]:
+    """Five of the scenarios with their events mangled, some shuffled, some without an `event:` line."""
+    streams = []
     for param in rng.sample(STREAMS, 5):
         docs = [mangle(rng, doc) for _, doc in events_of(param.values[0]()) if doc is not None]
         if rng.random() < 0.5:
             rng.shuffle(docs)
         named = [(f"event: {doc.get('type')}\n" if rng.random() < 0.7 else "").encode() for doc in docs]
-        data = b"".join(name + b"data: " + orjson.dumps(doc) + b"\n\n" for name, doc in zip(named, docs, strict=True))
+        streams.append(
+            b"".join(name + b"data: " + orjson.dumps(doc) + b"\n\n" for name, doc in zip(named, docs, strict=True))
+        )
+    return streams
+
+
+@pytest.mark.parametrize("seed", range(50))
+def test_mangled_streams_never_raise_and_leak_no_call_when_all_are_stripped(seed: int) -> None:
+    rng = random.Random(seed)
+    for data in mangled_streams(rng):
         cut = rng.randrange(len(data) + 1)
         for decision in ("allow", "audit", "strip", "block", "unknown"):
             guard = StreamGuard(lambda call, decision=decision: Verdict(decision, "rule"))
@@ -741,3 +895,153 @@ def test_mangled_streams_never_raise_and_leak_no_call_when_all_are_stripped(seed
         output = orjson.loads(result.body).get("output")
         if decision == "strip" and result.blocked is None and isinstance(output, list):
             assert all(isinstance(i, dict) and i.get("type") in ("message", "reasoning") for i in output)
+
+
+# --- the fast path ---------------------------------------------------------------------------------------------------
+
+
+class GeneralOnly(StreamGuard):
+    """The guard with its fast path off: every event goes the general way."""
+
+    def _fragment(self, event: RawEvent, doc: Any) -> bool:
+        return False
+
+
+class Counted(StreamGuard):
+    """The guard as it ships, counting the events its fast path takes."""
+
+    taken = 0
+
+    def _fragment(self, event: RawEvent, doc: Any) -> bool:
+        took = super()._fragment(event, doc)
+        self.taken += took
+        return took
+
+
+def outcome(guard: StreamGuard, pieces: list[bytes]) -> tuple[bytes, list[Decision], bool]:
+    """What the client gets, every decision in full, and whether it was blocked. The held total is checked as it goes,
+    because the cap on what waits behind held calls rests on it, and so is the bound on what a call keeps per event."""
+    out = b""
+    for piece in pieces:
+        out += guard.feed(piece)
+        assert guard._held == sum(call.size for call in guard._calls.values())
+        assert all(len(call.seqs) <= 6 for call in guard._calls.values())
+    out += guard.close()
+    return out, guard.decisions, guard.blocked is not None
+
+
+def agree(pieces: list[bytes], decide: Any) -> int:
+    """Runs the pieces through the guard and through its general path alone: they must give the same bytes and the
+    same decisions. Returns how many events the fast path took."""
+    fast = Counted(decide)
+    assert outcome(fast, pieces) == outcome(GeneralOnly(decide), pieces), [len(piece) for piece in pieces]
+    return fast.taken
+
+
+def by_decision(decision: str) -> Any:
+    return lambda call: Verdict(decision, "rule", "not allowed")
+
+
+def per_event(data: bytes) -> list[bytes]:
+    return [piece + b"\n\n" for piece in data.split(b"\n\n") if piece]
+
+
+@pytest.mark.parametrize("build", [param.values[0] for param in STREAMS], ids=[param.id for param in STREAMS])
+@pytest.mark.parametrize("decision", ["allow", "strip", "block"])
+def test_the_fast_path_agrees_with_the_general_path(build: Any, decision: str) -> None:
+    data = build()
+    agree(per_event(data), FakeJudge(TABLE))
+    for pieces in ([data], per_event(data), [data[i : i + 1] for i in range(len(data))], splits(data)[-1]):
+        agree(pieces, by_decision(decision))
+
+
+def test_the_fast_path_takes_each_fragment_of_a_held_call() -> None:
+    assert agree(per_event(scenario_single_call()), FakeJudge(TABLE)) == len(SQL_PIECES)
+    assert agree([scenario_parallel()], FakeJudge(TABLE)) == len(SQL_PIECES) + len(RM_PIECES)
+    assert agree([scenario_custom()], FakeJudge(TABLE)) == 3
+    assert agree(per_event(scenario_text_only()), FakeJudge(TABLE)) == 0  # text deltas are no call's
+
+
+SECOND_FRAGMENT = next(e for e in per_event(scenario_single_call()) if b"SEL" in e).split(b"data: ")[1].strip()
+SEQ = b'"sequence_number":' + SECOND_FRAGMENT.rsplit(b":", 1)[1].rstrip(b"}")
+
+
+@pytest.mark.parametrize(
+    ("event", "taken"),
+    [
+        pytest.param(b"event: response.function_call_arguments.delta\ndata: " + SECOND_FRAGMENT, True, id="as-sent"),
+        pytest.param(b"data: " + SECOND_FRAGMENT, True, id="no-event-name"),
+        pytest.param(
+            b'{ "delta" : ": \\"SEL", "obfuscation": "x", "output_index": 1, '
+            + SEQ
+            + b', "type": "response.function_call_arguments.delta"}',
+            True,
+            id="other-key-order-spacing-and-extra-keys",
+        ),
+        pytest.param(
+            SECOND_FRAGMENT.replace(b'"output_index":1', b'"output_index":7,"output_index":1'),
+            True,
+            id="duplicate-index-key",
+        ),
+        pytest.param(SECOND_FRAGMENT.replace(b'"item_id":"fc_1"', b'"item_id":"fc_9"'), True, id="index-wins"),
+        pytest.param(
+            b"event: response.function_call_arguments.done\ndata: " + SECOND_FRAGMENT, False, id="event-name-differs"
+        ),
+        pytest.param(
+            SECOND_FRAGMENT.replace(b"function_call_arguments", b"custom_tool_call_input"),
+            False,
+            id="custom-input-for-a-function-call",
+        ),
+        pytest.param(SECOND_FRAGMENT.replace(b'"output_index":1', b'"output_index":true'), False, id="index-bool"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"output_index":1', b'"output_index":1.0'), False, id="index-float"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"output_index":1', b'"output_index":"1"'), False, id="index-string"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"output_index":1', b'"output_index":-1'), False, id="index-negative"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"output_index":1', b'"output_index":[1]'), False, id="index-list"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"output_index":1', b'"output_index":0'), False, id="index-of-a-message"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"output_index":1', b'"output_index":5'), False, id="index-of-no-call"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"output_index":1,', b""), False, id="routed-by-item-id"),
+        pytest.param(SECOND_FRAGMENT.replace(b"," + SEQ, b""), False, id="no-sequence-number"),
+        pytest.param(SECOND_FRAGMENT.replace(SEQ, b'"sequence_number":true'), False, id="sequence-bool"),
+        pytest.param(SECOND_FRAGMENT.replace(SEQ, b'"sequence_number":-3'), False, id="sequence-negative"),
+        pytest.param(SECOND_FRAGMENT.replace(SEQ, b'"sequence_number":"11"'), False, id="sequence-string"),
+        pytest.param(SECOND_FRAGMENT.replace(SEQ, b'"sequence_number":99'), True, id="sequence-ahead"),
+        pytest.param(SECOND_FRAGMENT.replace(SEQ, b'"sequence_number":0'), True, id="sequence-behind"),
+        pytest.param(SECOND_FRAGMENT.replace(b'": \\"SEL"', b"7"), False, id="delta-number"),
+        pytest.param(SECOND_FRAGMENT.replace(b'": \\"SEL"', b"null"), False, id="delta-null"),
+        pytest.param(SECOND_FRAGMENT.replace(b'"delta":": \\"SEL",', b""), False, id="no-delta"),
+        pytest.param(SECOND_FRAGMENT.replace(b"arguments.delta", b"arguments.delta "), False, id="odd-type"),
+        pytest.param(
+            SECOND_FRAGMENT.replace(b'"type":"response.function_call_arguments.delta",', b""), False, id="no-type"
+        ),
+        pytest.param(b"data: [" + SECOND_FRAGMENT + b"]", False, id="in-a-list"),
+        pytest.param(b"data: " + SECOND_FRAGMENT[:-1], False, id="cut-short"),
+    ],
+)
+def test_every_other_shape_of_a_fragment_goes_the_general_way(event: bytes, taken: bool) -> None:
+    events = per_event(scenario_single_call())
+    second = next(i for i, piece in enumerate(events) if b"SEL" in piece)
+    event = event if event.startswith((b"data:", b"event:")) else b"data: " + event
+    events[second] = event + b"\n\n"
+    for decision in ("allow", "strip", "audit"):  # a block would end the stream before the later fragments
+        assert agree(events, by_decision(decision)) == len(SQL_PIECES) - (not taken)
+        assert agree([b"".join(events)], by_decision(decision)) == len(SQL_PIECES) - (not taken)
+    agree(events, by_decision("block"))
+    agree([b"".join(events)], by_decision("block"))
+
+
+def test_a_fragment_that_passes_the_cap_goes_the_general_way() -> None:
+    call, item = function_call(0, "run_sql", "call_1", ['{"query": "', "x" * MAX_CALL_BYTES, '"}', "}"])
+    data = wire([*created(), *call, completed([item])])
+    for decision in ("allow", "audit", "strip", "block"):  # audited, the rest streams through; stripped, it is dropped
+        assert agree(per_event(data), by_decision(decision)) == 1  # the first fragment only
+        assert agree([data], by_decision(decision)) == 1
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_mangled_streams_go_the_same_way_fast_or_general(seed: int) -> None:
+    rng = random.Random(seed)
+    for data in mangled_streams(rng):
+        cut = rng.randrange(len(data) + 1)
+        for decision in ("allow", "strip", "block", "unknown"):
+            agree([data[:cut], data[cut:]], by_decision(decision))
+            agree(per_event(data), by_decision(decision))
