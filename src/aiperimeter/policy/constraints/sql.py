@@ -283,7 +283,8 @@ class _Judge:
             parts = table.parts
             if not parts or not all(isinstance(p, exp.Identifier) for p in parts):
                 return "table reference is not a plain name"
-            name = tuple(p.name.lower() for p in parts)
+            # Unquoted names fold (the allowlist is lowercase); a quoted name is exact: "ORDERS" is not orders.
+            name = tuple(p.name if p.args.get("quoted") else p.name.lower() for p in parts)
             if name in self._tables:
                 continue
             if len(parts) == 1 and self._is_cte(table, parts[0]):
