@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -11,31 +10,9 @@ from aiperimeter.errors import BadRequest
 from aiperimeter.gateway.tools import hold
 from aiperimeter.gateway.tools.base import MAX_EVENT_BYTES, Declared, RequestTools
 from aiperimeter.gateway.tools.ollama import StreamGuard, judge_body, read_request
-from aiperimeter.policy.calls import ALLOW, ToolCall, Verdict
-
-Key = tuple[str, Any, str | None, str, str | None]  # name, arguments, call id, kind, error
-
-
-def key(call: ToolCall) -> Key:
-    return (call.name, call.arguments, call.call_id, call.kind, call.error)
-
-
-@dataclass
-class Judge:
-    """Decisions by tool name (default allow). `complete` lists every call the stream makes, whole: a call judged
-    with anything else (partial arguments) raises at once, inside the guard."""
-
-    table: dict[str, str]
-    complete: list[Key] | None = None
-    seen: list[Key] = field(default_factory=list)
-
-    def __call__(self, call: ToolCall) -> Verdict:
-        if self.complete is not None and key(call) not in self.complete:
-            raise AssertionError(f"judged an incomplete or unexpected call: {key(call)}")
-        self.seen.append(key(call))
-        decision = self.table.get(call.name, "allow")
-        return ALLOW if decision == "allow" else Verdict(decision, f"tools.{call.name}", "test rule")
-
+from aiperimeter.policy.calls import ToolCall
+from tests.support import guards
+from tests.support.guards import Judge, Scenario, cuts, feed_all, mutate, notice_text
 
 # --- captures (ollama/ollama docs/capabilities/tool-calling.mdx, streaming.mdx) ---------------------------------------
 
@@ -80,12 +57,6 @@ def ndjson(*lines: str) -> bytes:
 TEMP = ("get_temperature", {"city": "New York"}, None, "function", None)
 COND = ("get_conditions", {"city": "New York"}, None, "function", None)
 SQL = ("run_sql", {"query": "SELECT 1"}, None, "function", None)
-
-
-@dataclass(frozen=True)
-class Scenario:
-    data: bytes
-    complete: list[Key]
 
 
 SCENARIOS = {
@@ -174,25 +145,8 @@ def view(out: bytes) -> dict[str, Any]:
     return {"content": content, "thinking": thinking, "calls": found, "done_reason": done_reason, "errors": errors}
 
 
-def notice_text(name: str) -> str:
-    return f"[aiperimeter] The tool call {name!r} was removed by the gateway's tool policy (rule tools.{name})."
-
-
 def run(data: bytes, judge: Judge, pieces: list[bytes] | None = None) -> tuple[bytes, StreamGuard]:
-    guard = StreamGuard(judge)
-    out = b"".join(guard.feed(piece) for piece in (pieces if pieces is not None else [data])) + guard.close()
-    return out, guard
-
-
-def splits(data: bytes) -> list[list[bytes]]:
-    """Whole, byte by byte, at every offset, and a sample of three-way splits."""
-    out = [[data], [data[i : i + 1] for i in range(len(data))]]
-    out += [[data[:cut], data[cut:]] for cut in range(len(data) + 1)]
-    rng = random.Random(len(data))
-    for _ in range(40):
-        a, b = sorted(rng.sample(range(len(data) + 1), 2))
-        out.append([data[:a], data[a:b], data[b:]])
-    return out
+    return guards.run(StreamGuard, data, judge, pieces)
 
 
 TEMP_CALL = ("get_temperature", {"city": "New York"})
@@ -260,25 +214,17 @@ CASES = [
 def test_stream_scenarios_in_every_split(
     scenario: str, table: dict[str, str], expected: Any, decisions: list[str]
 ) -> None:
-    data = SCENARIOS[scenario].data
-    complete = SCENARIOS[scenario].complete
-    first: list[Any] | None = None
-    for pieces in splits(data):
-        judge = Judge(table, complete)
-        out, guard = run(data, judge, pieces)
-        events = lines(out)
-        if first is None:
-            first = events
-            seen = view(out)
-            if expected == "block":
-                assert len(seen["errors"]) == 1 and "is not allowed by rule" in seen["errors"][0]
-                assert guard.blocked is not None and guard.blocked.verdict.decision == "block"
-            else:
-                assert (seen["content"], seen["calls"]) == expected
-                assert seen["errors"] == [] and guard.blocked is None
-        assert events == first, pieces
-        assert [d.verdict.decision for d in guard.decisions] == decisions
-        assert judge.seen == complete[: len(decisions)]  # each call judged exactly once, whole, in stream order
+
+    def check_first(out: bytes, guard: StreamGuard) -> None:
+        seen = view(out)
+        if expected == "block":
+            assert len(seen["errors"]) == 1 and "is not allowed by rule" in seen["errors"][0]
+            assert guard.blocked is not None and guard.blocked.verdict.decision == "block"
+        else:
+            assert (seen["content"], seen["calls"]) == expected
+            assert seen["errors"] == [] and guard.blocked is None
+
+    guards.same_in_every_split(StreamGuard, SCENARIOS[scenario], table, decisions, lines, check_first)
 
 
 @pytest.mark.parametrize("scenario", ["text-only", "single-call", "parallel-one-line", "parallel-lines"])
@@ -396,12 +342,10 @@ def test_hostile_mutations_never_raise_and_never_deliver_an_unjudged_call() -> N
     rng = random.Random(11)
     bases = [s.data for s in SCENARIOS.values()]
     for _ in range(600):
-        data = bytearray(rng.choice(bases))
-        for _ in range(rng.randint(1, 6)):
-            data[rng.randrange(len(data))] = rng.choice(b'{}[]":,\\\n0a ')
+        data = mutate(rng, bases)
         guard = StreamGuard(Judge({"run_sql": "strip", "get_conditions": "strip"}))
         cut = rng.randrange(len(data) + 1)
-        out = guard.feed(bytes(data[:cut])) + guard.feed(bytes(data[cut:])) + guard.close()
+        out = feed_all(guard, [data[:cut], data[cut:]])
         allowed = {d.call.name for d in guard.decisions if d.verdict.delivered} - {"run_sql", "get_conditions"}
         for item in out.split(b"\n"):
             try:
@@ -602,26 +546,14 @@ class Counting(StreamGuard):
         return taken
 
 
-TABLES = ({}, {"run_sql": "strip"}, {"run_sql": "block", "(unreadable)": "strip"})
-
-
-def outcome(kind: type[StreamGuard], table: dict[str, str], pieces: list[bytes]) -> tuple[Any, ...]:
-    guard = kind(Judge(table))
-    out = b"".join(guard.feed(piece) for piece in pieces) + guard.close()
-    decisions = [(key(d.call), d.call.raw_size, d.verdict.decision) for d in guard.decisions]
-    return out, decisions, guard.blocked
-
-
 def assert_paths_agree(pieces_list: list[list[bytes]]) -> None:
-    for table in TABLES:
-        for pieces in pieces_list:
-            assert outcome(StreamGuard, table, pieces) == outcome(GeneralOnly, table, pieces), (table, pieces)
+    guards.assert_paths_agree(GeneralOnly, [StreamGuard], pieces_list)
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
 def test_fast_path_agrees_with_the_general_path_in_many_splits(scenario: str) -> None:
     data = SCENARIOS[scenario].data
-    assert_paths_agree([[data], *[[data[:cut], data[cut:]] for cut in range(0, len(data) + 1, 3)]])
+    assert_paths_agree([[data], *cuts(data, range(0, len(data) + 1, 3))])
 
 
 OPEN = ndjson(text("Let me check."), calls(fn("run_sql", '{"query":"SEL', 0)))
@@ -671,7 +603,7 @@ def test_fast_path_agrees_with_the_general_path_on_near_misses(variant: bytes) -
     data = OPEN + variant + REST
     start, end = len(OPEN), len(OPEN) + len(variant)
     edges = [start - 1, start, start + 1, (start + end) // 2, end - 1, end, end + 1]
-    assert_paths_agree([[data], [OPEN, variant, REST], *[[data[:cut], data[cut:]] for cut in edges]])
+    assert_paths_agree([[data], [OPEN, variant, REST], *cuts(data, edges)])
 
 
 def test_argument_fragments_take_the_fast_path() -> None:
@@ -681,7 +613,7 @@ def test_argument_fragments_take_the_fast_path() -> None:
     data = ndjson(calls(fn("run_sql", pieces[0], 0)), *[calls(fn(None, piece, 0)) for piece in pieces[1:]], FINAL)
     lines = data.splitlines(keepends=True)
     guard = Counting(Judge({}))
-    out = b"".join(guard.feed(piece) for piece in lines) + guard.close()
+    out = feed_all(guard, lines)
     assert guard.fast == len(pieces) - 1 and view(out)["calls"] == [("run_sql", orjson.loads(args))]
     assert_paths_agree([lines, [data]])
 
@@ -690,11 +622,9 @@ def test_hostile_mutations_take_either_path_alike() -> None:
     rng = random.Random(17)
     bases = [s.data for s in SCENARIOS.values()] + [OPEN + ndjson(calls(fn(None, "ECT", 0))) + REST]
     for _ in range(300):
-        data = bytearray(rng.choice(bases))
-        for _ in range(rng.randint(1, 6)):
-            data[rng.randrange(len(data))] = rng.choice(b'{}[]":,\\\n0a ')
+        data = mutate(rng, bases)
         cut = rng.randrange(len(data) + 1)
-        assert_paths_agree([[bytes(data[:cut]), bytes(data[cut:])], bytes(data).splitlines(keepends=True)])
+        assert_paths_agree([[data[:cut], data[cut:]], data.splitlines(keepends=True)])
 
 
 def test_a_whole_line_over_the_cap_in_one_chunk_fails_closed() -> None:

@@ -2,7 +2,6 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
@@ -13,34 +12,9 @@ from aiperimeter.gateway.tools import hold
 from aiperimeter.gateway.tools.base import MAX_CALL_BYTES, MAX_EVENT_BYTES, Declared, RequestTools, SSESplitter
 from aiperimeter.gateway.tools.hold import ObjectEnd
 from aiperimeter.gateway.tools.openai_chat import StreamGuard, judge_body, read_request
-from aiperimeter.policy.calls import ALLOW, ToolCall, Verdict
-from tests.support import toolwire
-
-# --- a judge that proves it only ever sees complete calls -------------------------------------------------------------
-
-Key = tuple[str, Any, str | None, str, str | None]  # name, arguments, call id, kind, error
-
-
-def key(call: ToolCall) -> Key:
-    return (call.name, call.arguments, call.call_id, call.kind, call.error)
-
-
-@dataclass
-class Judge:
-    """Decisions by tool name (default allow). `complete` lists every call the stream makes, whole: a call judged
-    with anything else (partial arguments, a split name) raises at once, inside the guard."""
-
-    table: dict[str, str]
-    complete: list[Key] | None = None
-    seen: list[Key] = field(default_factory=list)
-
-    def __call__(self, call: ToolCall) -> Verdict:
-        if self.complete is not None and key(call) not in self.complete:
-            raise AssertionError(f"judged an incomplete or unexpected call: {key(call)}")
-        self.seen.append(key(call))
-        decision = self.table.get(call.name, "allow")
-        return ALLOW if decision == "allow" else Verdict(decision, f"tools.{call.name}", "test rule")
-
+from aiperimeter.policy.calls import ToolCall
+from tests.support import guards, toolwire
+from tests.support.guards import Judge, Scenario, cuts, feed_all, mutate, notice_text, splits
 
 # --- captures ---------------------------------------------------------------------------------------------------------
 
@@ -77,12 +51,6 @@ TIME = ("get_time", {"tz": "UTC"}, "call_t", "function", None)
 
 def split_args(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
-
-
-@dataclass(frozen=True)
-class Scenario:
-    data: bytes
-    complete: list[Key]
 
 
 SCENARIOS = {
@@ -283,25 +251,8 @@ def view(out: bytes) -> dict[str, Any]:
     }
 
 
-def notice_text(name: str) -> str:
-    return f"[aiperimeter] The tool call {name!r} was removed by the gateway's tool policy (rule tools.{name})."
-
-
 def run(data: bytes, judge: Judge, pieces: list[bytes] | None = None) -> tuple[bytes, StreamGuard]:
-    guard = StreamGuard(judge)
-    out = b"".join(guard.feed(piece) for piece in (pieces if pieces is not None else [data])) + guard.close()
-    return out, guard
-
-
-def splits(data: bytes) -> list[list[bytes]]:
-    """Whole, byte by byte, at every offset, and a sample of three-way splits."""
-    out = [[data], [data[i : i + 1] for i in range(len(data))]]
-    out += [[data[:cut], data[cut:]] for cut in range(len(data) + 1)]
-    rng = random.Random(len(data))
-    for _ in range(40):
-        a, b = sorted(rng.sample(range(len(data) + 1), 2))
-        out.append([data[:a], data[a:b], data[b:]])
-    return out
+    return guards.run(StreamGuard, data, judge, pieces)
 
 
 SQL_CALL = ("call_abc", "function", "run_sql", '{"query":"SELECT 1"}')
@@ -425,26 +376,19 @@ def test_stream_scenarios_in_every_split(
     scenario: str, table: dict[str, str], expected: dict[int, Any] | str, decisions: list[str]
 ) -> None:
     data = SCENARIOS[scenario].data
-    complete = SCENARIOS[scenario].complete
-    first: list[Any] | None = None
-    for pieces in splits(data):
-        judge = Judge(table, complete)
-        out, guard = run(data, judge, pieces)
-        events = payloads(out)
-        if first is None:
-            first = events
-            seen = view(out)
-            if isinstance(expected, str):
-                assert seen["errors"] == [expected] and seen["done"]
-                assert guard.blocked is not None and guard.blocked.verdict.decision == "block"
-            else:
-                got = {i: (c["content"], c["calls"], c["finish"]) for i, c in seen["choices"].items()}
-                assert got == expected
-                assert seen["errors"] == [] and guard.blocked is None
-                assert seen["done"] == (DONE.encode() in data)
-        assert events == first, pieces
-        assert [d.verdict.decision for d in guard.decisions] == decisions
-        assert judge.seen == complete[: len(decisions)]  # each call judged exactly once, whole, in stream order
+
+    def check_first(out: bytes, guard: StreamGuard) -> None:
+        seen = view(out)
+        if isinstance(expected, str):
+            assert seen["errors"] == [expected] and seen["done"]
+            assert guard.blocked is not None and guard.blocked.verdict.decision == "block"
+        else:
+            got = {i: (c["content"], c["calls"], c["finish"]) for i, c in seen["choices"].items()}
+            assert got == expected
+            assert seen["errors"] == [] and guard.blocked is None
+            assert seen["done"] == (DONE.encode() in data)
+
+    guards.same_in_every_split(StreamGuard, SCENARIOS[scenario], table, decisions, payloads, check_first)
 
 
 def test_text_only_and_allowed_streams_pass_text_chunks_unchanged() -> None:
@@ -730,12 +674,10 @@ def test_hostile_mutations_never_raise_and_never_deliver_an_unjudged_call() -> N
     rng = random.Random(7)
     bases = [s.data for s in SCENARIOS.values()]
     for _ in range(600):
-        data = bytearray(rng.choice(bases))
-        for _ in range(rng.randint(1, 6)):
-            data[rng.randrange(len(data))] = rng.choice(b'{}[]":,\\\n0a ')
+        data = mutate(rng, bases)
         guard = StreamGuard(Judge({"run_sql": "strip"}))
         cut = rng.randrange(len(data) + 1)
-        out = guard.feed(bytes(data[:cut])) + guard.feed(bytes(data[cut:])) + guard.close()
+        out = feed_all(guard, [data[:cut], data[cut:]])
         allowed = {d.call.name for d in guard.decisions if d.verdict.delivered}
         for block in out.split(b"\n\n"):
             for line in block.split(b"\n"):
@@ -1044,28 +986,9 @@ class Counting(StreamGuard):
         return taken
 
 
-GUARDS = (StreamGuard, WithoutFrames, GeneralOnly)
-TABLES = ({}, {"run_sql": "strip"}, {"run_sql": "block", "(unreadable)": "strip"})
-
-
-def outcome(kind: type[StreamGuard], table: dict[str, str], pieces: list[bytes]) -> tuple[Any, ...]:
-    guard = kind(Judge(table))
-    out = b"".join(guard.feed(piece) for piece in pieces) + guard.close()
-    decisions = [(key(d.call), d.call.raw_size, d.verdict.decision) for d in guard.decisions]
-    return out, decisions, guard.blocked
-
-
 def assert_paths_agree(pieces_list: list[list[bytes]]) -> None:
-    """The same bytes in the same pieces: the same output, decisions and block, whichever paths the guard took."""
-    for table in TABLES:
-        for pieces in pieces_list:
-            general = outcome(GeneralOnly, table, pieces)
-            for kind in GUARDS[:-1]:
-                assert outcome(kind, table, pieces) == general, (kind.__name__, table, pieces)
-
-
-def cuts(data: bytes, at: list[int]) -> list[list[bytes]]:
-    return [[data[:cut], data[cut:]] for cut in at if 0 <= cut <= len(data)]
+    """The guard as it ships and without frames against the general path alone."""
+    guards.assert_paths_agree(GeneralOnly, [StreamGuard, WithoutFrames], pieces_list)
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
@@ -1082,11 +1005,9 @@ def test_fast_paths_agree_with_the_general_path_on_mutated_streams() -> None:
     rng = random.Random(13)
     bases = [s.data for s in SCENARIOS.values()] + [NEAR_MISS_OPEN + NEAR_MISS_CLOSE, PADDED_OPEN + PADDED_CLOSE]
     for _ in range(400):
-        data = bytearray(rng.choice(bases))
-        for _ in range(rng.randint(1, 6)):
-            data[rng.randrange(len(data))] = rng.choice(b'{}[]":,\\\n\r0a ')
+        data = mutate(rng, bases, b'{}[]":,\\\n\r0a ')
         at = sorted(rng.randrange(len(data) + 1) for _ in range(rng.randint(0, 3)))
-        assert_paths_agree([[bytes(data[a:b]) for a, b in zip([0, *at], [*at, len(data)], strict=True)]])
+        assert_paths_agree([[data[a:b] for a, b in zip([0, *at], [*at, len(data)], strict=True)]])
 
 
 def fragment_chunk(body: str, *, part: str = ',"logprobs":null,"finish_reason":null', extra: str = "") -> str:
@@ -1376,7 +1297,7 @@ def test_argument_fragments_take_the_fast_paths(extra: Callable[[int], dict[str,
     pieces = measured_stream(extra)
     fragments = sum(b'"arguments"' in p and b'"name"' not in p for p in pieces)
     guard = Counting(Judge({}))
-    out = b"".join(guard.feed(p) for p in pieces) + guard.close()
+    out = feed_all(guard, pieces)
     assert view(out)["choices"][0]["calls"][0][2] == "run_sql" and len(guard.decisions) == 1
     if framed:  # the first fragment is parsed whole and teaches the frame the rest arrive in
         assert (guard.parsed, guard.framed) == (1, fragments - 1)

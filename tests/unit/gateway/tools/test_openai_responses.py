@@ -8,38 +8,18 @@ from __future__ import annotations
 
 import json
 import random
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
 
 from aiperimeter.gateway.tools import event_guard
-from aiperimeter.gateway.tools.base import MAX_CALL_BYTES, MAX_EVENT_BYTES, Declared, RawEvent, SSESplitter
+from aiperimeter.gateway.tools.base import MAX_CALL_BYTES, MAX_EVENT_BYTES, Declared, SSESplitter
 from aiperimeter.gateway.tools.openai_responses import StreamGuard, judge_body, read_request
-from aiperimeter.policy.calls import Decision, ToolCall, Verdict
-
-# --- a table-driven judge ----------------------------------------------------------------------------------------
-
-
-@dataclass
-class FakeJudge:
-    """Decides by tool name; a call with an error gets `on_error`. Raises when a call's arguments are not the whole
-    arguments the scenario sent (`whole`, by call id): the guard must never judge a partial buffer."""
-
-    table: dict[str, str]
-    whole: dict[str, Any] = field(default_factory=dict)
-    on_error: str = "strip"
-    calls: list[ToolCall] = field(default_factory=list)
-
-    def __call__(self, call: ToolCall) -> Verdict:
-        if call.error is None and call.call_id in self.whole and call.arguments != self.whole[call.call_id]:
-            raise AssertionError(f"judged on partial arguments: {call.arguments!r}")
-        self.calls.append(call)
-        decision = self.on_error if call.error else self.table.get(call.name, "block")
-        return Verdict(decision, None if decision == "allow" else f"tools.{call.name}", "not allowed")
-
+from aiperimeter.policy.calls import Verdict
+from tests.support import guards
+from tests.support.guards import FakeJudge, by_decision, chunks, notice_of, per_event
 
 # --- captures ------------------------------------------------------------------------------------------------------
 
@@ -96,12 +76,6 @@ def completed(items: list[dict[str, Any]], kind: str = "response.completed") -> 
         "type": kind,
         "response": {"id": "resp_1", "object": "response", "status": status, "output": items, "usage": usage},
     }
-
-
-def chunks(raw: str) -> list[str]:
-    """Pieces of three characters, each `}` and `]` ending one, so an inner object ends a piece mid-call."""
-    parts = re.split(r"(?<=[}\]])", raw)
-    return [part[i : i + 3] for part in parts for i in range(0, len(part), 3)]
 
 
 def wire(events: list[dict[str, Any]]) -> bytes:
@@ -252,34 +226,12 @@ def client_view(out: bytes) -> View:
 
 
 def run(data: bytes, judge: FakeJudge, pieces: list[bytes]) -> tuple[bytes, list[tuple[str, str | None, str]]]:
-    guard = StreamGuard(judge)
-    out = b"".join(guard.feed(piece) for piece in pieces) + guard.close()
-    assert judge.calls == [decision.call for decision in guard.decisions]
-    decisions = [(d.call.name, d.call.error, d.verdict.decision) for d in guard.decisions]
-    assert (guard.blocked is not None) == any(decision == "block" for *_, decision in decisions)
-    return out, decisions
-
-
-def splits(data: bytes) -> list[list[bytes]]:
-    rng = random.Random(len(data))
-    ways = [[data], [data[i : i + 1] for i in range(len(data))]]
-    ways += [[data[:cut], data[cut:]] for cut in range(len(data) + 1)]
-    for _ in range(60):
-        first, second = sorted(rng.randrange(len(data) + 1) for _ in range(2))
-        ways.append([data[:first], data[first:second], data[second:]])
-    return ways
+    return guards.run_judged(StreamGuard, judge, pieces)
 
 
 TABLE = {"run_sql": "allow", "rm": "strip", "apply_patch": "allow", "grep": "audit"}
 CALL = ("call", "run_sql", "call_1", SQL)
 LEAD = ("text", "Let me check.")
-
-
-def notice_of(name: str) -> tuple[str, str]:
-    return (
-        "text",
-        f"[aiperimeter] The tool call {name!r} was removed by the gateway's tool policy (rule tools.{name}).",
-    )
 
 
 STREAMS = [
@@ -347,13 +299,7 @@ STREAMS = [
 def test_stream_whole_bytewise_and_split_everywhere(
     build: Any, items: list[tuple[Any, ...]], decisions: list[tuple[str, str | None, str]]
 ) -> None:
-    data = build()
-    expected, _ = run(data, FakeJudge(TABLE, WHOLE), [data])
-    for pieces in splits(data):
-        judge = FakeJudge(TABLE, WHOLE)
-        out, taken = run(data, judge, pieces)
-        assert out == expected, [len(piece) for piece in pieces]
-        assert taken == decisions, [len(piece) for piece in pieces]
+    expected = guards.judged_in_every_split(StreamGuard, build(), lambda: FakeJudge(TABLE, WHOLE), decisions)
     view = client_view(expected)
     assert view.streamed == items
     assert view.done == items
@@ -475,13 +421,7 @@ def test_a_call_only_in_the_final_snapshot_is_judged_there() -> None:
     ],
 )
 def test_unreadable_events_are_judged_and_never_delivered(event: bytes) -> None:
-    for decision in ("block", "strip"):
-        judge = FakeJudge({}, on_error=decision)
-        guard = StreamGuard(judge)
-        out = guard.feed(wire(created()) + event) + guard.close()
-        assert [(call.name, call.error) for call in judge.calls] == [("(unreadable)", "unreadable")]
-        assert event.split(b"data: ")[1].strip() not in out
-        assert bool(client_view(out).errors) == (decision == "block")
+    guards.assert_unreadable_event_withheld(StreamGuard, wire(created()), event, lambda out: client_view(out).errors)
 
 
 @pytest.mark.parametrize(
@@ -500,11 +440,7 @@ def test_unreadable_events_are_judged_and_never_delivered(event: bytes) -> None:
     ],
 )
 def test_events_that_hide_nothing_pass_as_they_are(event: bytes) -> None:
-    judge = FakeJudge({}, on_error="block")
-    guard = StreamGuard(judge)
-    out = guard.feed(wire(created()) + event) + guard.close()
-    assert judge.calls == []
-    assert out == wire(created()) + event
+    guards.assert_event_passes(StreamGuard, wire(created()), event)
 
 
 @pytest.mark.parametrize("same", [True, False], ids=["same-call", "another-call"])
@@ -690,11 +626,7 @@ WEB_ITEM = {"id": "ws_1", "type": "web_search_call", "status": "completed"}
 def test_judge_body(
     raw: bytes, output: list[tuple[Any, ...]] | None, decisions: list[tuple[str, str | None, str]], unchanged: bool
 ) -> None:
-    result = judge_body(raw, FakeJudge(TABLE))
-    assert [(d.call.name, d.call.error, d.verdict.decision) for d in result.decisions] == decisions
-    assert result.blocked is None
-    assert (result.body == raw) == unchanged
-    doc = orjson.loads(result.body)
+    doc = guards.judged_body(judge_body, raw, FakeJudge(TABLE), decisions, unchanged)
     assert (doc["output"] and [summary(item) for item in doc["output"]]) == (output or doc["output"])
 
 
@@ -827,23 +759,7 @@ def test_read_request_history_and_results() -> None:
 
 # --- hostile streams -------------------------------------------------------------------------------------------------
 
-ODD_VALUES = [None, [], {}, "", "x", -1, 0, 7, True, 1.5, [1], {"type": "function_call"}, "response.completed"]
-
-
-def mangle(rng: random.Random, value: Any) -> Any:
-    """The value with some fields dropped, replaced by a value of another type, or mangled further down."""
-    if isinstance(value, dict):
-        out = {}
-        for key, inner in value.items():
-            roll = rng.random()
-            if roll >= 0.3:
-                out[key] = mangle(rng, inner)
-            elif roll >= 0.05:
-                out[key] = rng.choice(ODD_VALUES)
-        return out
-    if isinstance(value, list):
-        return [mangle(rng, inner) for inner in value if rng.random() > 0.05]
-    return value
+ODD_VALUES = [*guards.ODD_VALUES, {"type": "function_call"}, "response.completed"]
 
 
 def leaked_calls(out: bytes) -> list[Any]:
@@ -864,32 +780,20 @@ def leaked_calls(out: bytes) -> list[Any]:
 EVENTS_OF_CALLS = ("response.function_call_arguments.", "response.custom_tool_call_input.")
 
 
+def event_docs(raw: bytes) -> list[Any]:
+    return [doc for _, doc in events_of(raw) if doc is not None]
+
+
 def mangled_streams(rng: random.Random) -> list[bytes]:
     """Five of the scenarios with their events mangled, some shuffled, some without an `event:` line."""
-    streams = []
-    for param in rng.sample(STREAMS, 5):
-        docs = [mangle(rng, doc) for _, doc in events_of(param.values[0]()) if doc is not None]
-        if rng.random() < 0.5:
-            rng.shuffle(docs)
-        named = [(f"event: {doc.get('type')}\n" if rng.random() < 0.7 else "").encode() for doc in docs]
-        streams.append(
-            b"".join(name + b"data: " + orjson.dumps(doc) + b"\n\n" for name, doc in zip(named, docs, strict=True))
-        )
-    return streams
+    return guards.mangled_streams(rng, [param.values[0] for param in STREAMS], event_docs, ODD_VALUES)
 
 
 @pytest.mark.parametrize("seed", range(50))
 def test_mangled_streams_never_raise_and_leak_no_call_when_all_are_stripped(seed: int) -> None:
     rng = random.Random(seed)
-    for data in mangled_streams(rng):
-        cut = rng.randrange(len(data) + 1)
-        for decision in ("allow", "audit", "strip", "block", "unknown"):
-            guard = StreamGuard(lambda call, decision=decision: Verdict(decision, "rule"))
-            out = guard.feed(data[:cut]) + guard.feed(data[cut:]) + guard.close()
-            assert (guard.blocked is None) == (decision not in ("block", "unknown") or not guard.decisions)
-            if decision == "strip":
-                assert leaked_calls(out) == []
-    raw = orjson.dumps(mangle(rng, orjson.loads(body(TEXT_ITEM, SQL_ITEM, RM_ITEM, WEB_ITEM))))
+    PATHS.assert_mangled_streams_fail_safe(rng, mangled_streams(rng), leaked_calls)
+    raw = orjson.dumps(guards.mangle(rng, orjson.loads(body(TEXT_ITEM, SQL_ITEM, RM_ITEM, WEB_ITEM)), ODD_VALUES))
     for decision in ("allow", "strip", "block", "unknown"):
         result = judge_body(raw, lambda call, decision=decision: Verdict(decision))
         output = orjson.loads(result.body).get("output")
@@ -900,50 +804,15 @@ def test_mangled_streams_never_raise_and_leak_no_call_when_all_are_stripped(seed
 # --- the fast path ---------------------------------------------------------------------------------------------------
 
 
-class GeneralOnly(StreamGuard):
-    """The guard with its fast path off: every event goes the general way."""
-
-    def _fragment(self, event: RawEvent, doc: Any) -> bool:
-        return False
-
-
-class Counted(StreamGuard):
-    """The guard as it ships, counting the events its fast path takes."""
-
-    taken = 0
-
-    def _fragment(self, event: RawEvent, doc: Any) -> bool:
-        took = super()._fragment(event, doc)
-        self.taken += took
-        return took
+def held_calls_are_bounded(guard: StreamGuard) -> None:
+    """The cap on what waits behind held calls rests on the held total, exact whichever way each event went; and
+    what a call keeps per event is bounded."""
+    assert guard._held == sum(call.size for call in guard._calls.values())
+    assert all(len(call.seqs) <= 6 for call in guard._calls.values())
 
 
-def outcome(guard: StreamGuard, pieces: list[bytes]) -> tuple[bytes, list[Decision], bool]:
-    """What the client gets, every decision in full, and whether it was blocked. The held total is checked as it goes,
-    because the cap on what waits behind held calls rests on it, and so is the bound on what a call keeps per event."""
-    out = b""
-    for piece in pieces:
-        out += guard.feed(piece)
-        assert guard._held == sum(call.size for call in guard._calls.values())
-        assert all(len(call.seqs) <= 6 for call in guard._calls.values())
-    out += guard.close()
-    return out, guard.decisions, guard.blocked is not None
-
-
-def agree(pieces: list[bytes], decide: Any) -> int:
-    """Runs the pieces through the guard and through its general path alone: they must give the same bytes and the
-    same decisions. Returns how many events the fast path took."""
-    fast = Counted(decide)
-    assert outcome(fast, pieces) == outcome(GeneralOnly(decide), pieces), [len(piece) for piece in pieces]
-    return fast.taken
-
-
-def by_decision(decision: str) -> Any:
-    return lambda call: Verdict(decision, "rule", "not allowed")
-
-
-def per_event(data: bytes) -> list[bytes]:
-    return [piece + b"\n\n" for piece in data.split(b"\n\n") if piece]
+PATHS = guards.EventPaths(StreamGuard, held_calls_are_bounded)
+agree = PATHS.agree
 
 
 @pytest.mark.parametrize("build", [param.values[0] for param in STREAMS], ids=[param.id for param in STREAMS])
@@ -951,8 +820,7 @@ def per_event(data: bytes) -> list[bytes]:
 def test_the_fast_path_agrees_with_the_general_path(build: Any, decision: str) -> None:
     data = build()
     agree(per_event(data), FakeJudge(TABLE))
-    for pieces in ([data], per_event(data), [data[i : i + 1] for i in range(len(data))], splits(data)[-1]):
-        agree(pieces, by_decision(decision))
+    PATHS.agree_in_many_ways(data, by_decision(decision))
 
 
 def test_the_fast_path_takes_each_fragment_of_a_held_call() -> None:
@@ -1018,15 +886,7 @@ SEQ = b'"sequence_number":' + SECOND_FRAGMENT.rsplit(b":", 1)[1].rstrip(b"}")
     ],
 )
 def test_every_other_shape_of_a_fragment_goes_the_general_way(event: bytes, taken: bool) -> None:
-    events = per_event(scenario_single_call())
-    second = next(i for i, piece in enumerate(events) if b"SEL" in piece)
-    event = event if event.startswith((b"data:", b"event:")) else b"data: " + event
-    events[second] = event + b"\n\n"
-    for decision in ("allow", "strip", "audit"):  # a block would end the stream before the later fragments
-        assert agree(events, by_decision(decision)) == len(SQL_PIECES) - (not taken)
-        assert agree([b"".join(events)], by_decision(decision)) == len(SQL_PIECES) - (not taken)
-    agree(events, by_decision("block"))
-    agree([b"".join(events)], by_decision("block"))
+    PATHS.agree_with_an_event_replaced(scenario_single_call(), b"SEL", event, len(SQL_PIECES) - (not taken))
 
 
 def test_a_fragment_that_passes_the_cap_goes_the_general_way() -> None:
@@ -1040,8 +900,4 @@ def test_a_fragment_that_passes_the_cap_goes_the_general_way() -> None:
 @pytest.mark.parametrize("seed", range(30))
 def test_mangled_streams_go_the_same_way_fast_or_general(seed: int) -> None:
     rng = random.Random(seed)
-    for data in mangled_streams(rng):
-        cut = rng.randrange(len(data) + 1)
-        for decision in ("allow", "strip", "block", "unknown"):
-            agree([data[:cut], data[cut:]], by_decision(decision))
-            agree(per_event(data), by_decision(decision))
+    PATHS.agree_on_mangled(rng, mangled_streams(rng))
