@@ -1,4 +1,4 @@
-"""Stage 6: read token usage from the response events the upstream reports it in, streamed or not."""
+"""Read token usage from the response events the upstream reports it in, streamed or not."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 7: one JSON line per request, whatever its outcome. Never a credential, no prompt or completion text.
+"""One JSON line per request, whatever its outcome. Never a credential, no prompt or completion text.
 
 Records are written with O_APPEND, whole lines per write(), so workers sharing the file never interleave lines; a
 record is written by the end of the event-loop iteration in which its request finished.

@@ -1,4 +1,4 @@
-"""Stage 2: every request carries a valid key, or stops here with 401 and the upstream never hears of it.
+"""Every request carries a valid key, or stops here with 401 and the upstream never hears of it.
 
 Accepted: `Authorization: Bearer <key>` or `x-api-key: <key>` (Anthropic clients). Never from a query string.
 Duplicated or conflicting credentials are refused rather than guessed at.

@@ -1,4 +1,4 @@
-"""Stage 5: send the authorised request upstream and relay the response, chunk by chunk as it arrives.
+"""Send the authorised request upstream and relay the response, chunk by chunk as it arrives.
 
 The path sent is the path that was authorised, byte for byte (`encoded=True`: no re-quoting, no normalising).
 Each chunk is written to the client as soon as it arrives and framed into events for the response-side stages.

@@ -1,4 +1,4 @@
-"""Stage 1: refuse requests whose Host or Origin is not ours (DNS rebinding), and parse the raw target.
+"""Refuse requests whose Host or Origin is not ours (DNS rebinding), and parse the raw target.
 
 A loopback bind does not stop a browser: a page on an attacker's domain that resolves to 127.0.0.1 sends
 `Host: attacker.example`. Only hosts on the allowlist are served; a browser Origin must be one of them too, or one

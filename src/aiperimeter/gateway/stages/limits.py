@@ -1,4 +1,4 @@
-"""Stage 5: requests, tokens and concurrency per key (or JWT subject) and overall, admitted atomically.
+"""Requests, tokens and concurrency per key (or JWT subject) and overall, admitted atomically.
 
 Before forwarding, one atomic step takes a request, a concurrency slot and an estimate of the tokens (the prompt's
 size plus the completion limit the request names, or a configured default) from every subject's buckets; the

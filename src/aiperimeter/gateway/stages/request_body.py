@@ -1,4 +1,4 @@
-"""Stage 4: read the body within its size limit, parse JSON bodies, and hold keys to their models.
+"""Read the body within its size limit, parse JSON bodies, and hold keys to their models.
 
 A body the gateway cannot read exactly as the upstream will (compressed, not JSON, the model named twice) is
 refused, never forwarded: a check the upstream could read differently is no check.

@@ -1,4 +1,4 @@
-"""Stage 3: deny every route the upstream kind's allowlist does not admit; admin routes need the admin scope."""
+"""Deny every route the upstream kind's allowlist does not admit; admin routes need the admin scope."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 5: hold a key to its tool policy. Request side here; the response side runs inside forward.
+"""Hold a key to its tool policy. Request side here; the response side runs inside forward.
 
 Before forwarding: the tools a request declares, the tool it forces and the tool results it sends back are checked
 against the key's policy (a JWT's claim, or the gateway's default). The response's tool calls are then judged one
