@@ -10,6 +10,8 @@ from typing import Any, Protocol
 
 import orjson
 
+from aiperimeter.gateway.tools.base import RawEvent, SSESplitter
+
 
 class Framer(Protocol):
     def feed(self, chunk: bytes) -> list[bytes]: ...
@@ -18,40 +20,29 @@ class Framer(Protocol):
 
 
 class SSEFramer:
-    """Server-sent events: returns the data of each complete event (its data lines joined with newlines).
+    """Server-sent events: returns the data of each complete event that has data lines (joined with newlines).
 
-    Lines end in LF, CRLF or CR; a CR at the end of a chunk is held back in case its LF comes next.
+    The splitting is the tool guards' (`gateway.tools.base.SSESplitter`): one SSE reader in the gateway. An event
+    over the cap is not ours to account: it is dropped.
     """
 
     def __init__(self, max_event: int = 8 * 1024 * 1024) -> None:
-        self._buffer = b""
-        self._data: list[bytes] = []
-        self._max_event = max_event
+        self._splitter = SSESplitter(max_event)
+
+    def _data(self, events: list[RawEvent]) -> list[bytes]:
+        if self._splitter.oversized:
+            self._splitter.oversized = False
+        return [e.data for e in events if e.data or _has_data_line(e.raw)]
 
     def feed(self, chunk: bytes) -> list[bytes]:
-        buffer = self._buffer + chunk
-        held = b""
-        if buffer.endswith(b"\r"):
-            buffer, held = buffer[:-1], b"\r"
-        lines = buffer.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
-        self._buffer = lines.pop() + held
-        events: list[bytes] = []
-        for line in lines:
-            if not line:
-                if self._data:
-                    events.append(b"\n".join(self._data))
-                    self._data = []
-            elif line.startswith(b"data:"):
-                value = line[5:]
-                self._data.append(value[1:] if value.startswith(b" ") else value)
-        if len(self._buffer) + sum(map(len, self._data)) > self._max_event:
-            self._buffer, self._data = b"", []  # an event this large is not ours to account; drop it
-        return events
+        return self._data(self._splitter.feed(chunk))
 
     def close(self) -> list[bytes]:
-        events = [b"\n".join(self._data)] if self._data else []
-        self._buffer, self._data = b"", []
-        return events
+        return self._data(self._splitter.close())
+
+
+def _has_data_line(raw: bytes) -> bool:
+    return raw.startswith(b"data") or b"\ndata" in raw
 
 
 class NDJSONFramer:
