@@ -35,9 +35,9 @@ from aiperimeter.gateway.tools.event_guard import (
     EventGuard,
     Slot,
     Verdicts,
-    hides_a_field,
     index_of,
     label,
+    read_body,
     refused,
     unreadable,
 )
@@ -408,20 +408,12 @@ def _event(kind: str, fields: dict[str, Any]) -> bytes:
 
 def judge_body(body: bytes, judge: Judge) -> BodyResult:
     verdicts = Verdicts(judge)
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        doc = None
-    content = doc.get("content") if isinstance(doc, dict) else None
-    if (
-        not isinstance(doc, dict)
-        or (content is not None and not isinstance(content, list))
-        or hides_a_field(body, doc, KNOWN_FIELDS, FREE_FORM)
-    ):
-        verdicts.take(unreadable())
+    read = read_body(body, "content", verdicts, KNOWN_FIELDS, FREE_FORM)
+    if read is None:
         return refused(verdicts)  # never delivered, whatever the verdict
+    doc, content = read
     blocks = _Content(verdicts)
-    rewritten = blocks.rewrite(content or [])
+    rewritten = blocks.rewrite(content)
     if rewritten is None:
         return refused(verdicts)
     reason = doc.get("stop_reason")

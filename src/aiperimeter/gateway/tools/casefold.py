@@ -18,8 +18,16 @@ _SUSPECT_KEY = re.compile(rb'[A-Z\x80-\xff\\][^"]*"\s*:')
 
 
 def may_hide(raw: bytes) -> bool:
-    """Cheap pre-check on raw JSON: False when no key could be a case variant (then `case_variant` finds none)."""
+    """Cheap pre-check on raw JSON: False when no key could be a case variant (then `case_variant` finds none).
+    Most events have no uppercase ASCII letter, no byte past ASCII and no escape: they skip even the regex."""
+    if raw.islower() and raw.isascii() and b"\\" not in raw:
+        return False
     return _SUSPECT_KEY.search(raw) is not None
+
+
+def hides_a_field(raw: bytes, doc: Any, known: Collection[str], free_form: Collection[str] = ()) -> bool:
+    """Whether parsed JSON `doc` (read from `raw`) has a key a case-insensitive reader takes for a known field."""
+    return may_hide(raw) and case_variant(doc, known, free_form) is not None
 
 
 def case_variant(doc: Any, known: Collection[str], free_form: Collection[str] = (), depth: int = 0) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 import orjson
 
 from aiperimeter.gateway.tools.base import MAX_EVENT_BYTES, BodyResult, RawEvent, SSESplitter, error_json
-from aiperimeter.gateway.tools.casefold import case_variant, may_hide
+from aiperimeter.gateway.tools.casefold import hides_a_field
 from aiperimeter.policy.calls import Decision, Judge, ToolCall, Verdict
 
 LABEL_CHARS = 64  # a type or name echoed from a hostile body is cut to this
@@ -32,15 +32,6 @@ def index_of(value: Any) -> int | None:
 def unreadable() -> ToolCall:
     """The stand-in judged for bytes that could hide a call but cannot be read."""
     return ToolCall(name="(unreadable)", arguments=None, error="unreadable")
-
-
-def hides_a_field(raw: bytes, doc: Any, known: frozenset[str], free_form: frozenset[str]) -> bool:
-    """Whether a key in `doc` is a case variant of a field a case-insensitive reader (Go's encoding/json) would take
-    it for: the one regex search on `raw` rules that out for almost every event, and for most a cheaper test first (no
-    uppercase ASCII letter, no byte past ASCII, no escape: nothing the regex looks for)."""
-    if raw.islower() and raw.isascii() and b"\\" not in raw:
-        return False
-    return may_hide(raw) and case_variant(doc, known, free_form) is not None
 
 
 class Slot:
@@ -125,6 +116,26 @@ class Verdicts:
     @property
     def last(self) -> Verdict:
         return self.decisions[-1].verdict
+
+
+def read_body(
+    body: bytes, field: str, verdicts: Verdicts, known: frozenset[str], free_form: frozenset[str]
+) -> tuple[dict[str, Any], list[Any]] | None:
+    """A whole response body and its list of items under `field` (absent: empty); None, with the body judged as
+    unreadable, when it is not a JSON object with such a list or hides a case-variant key."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    items = doc.get(field) if isinstance(doc, dict) else None
+    if (
+        not isinstance(doc, dict)
+        or (items is not None and not isinstance(items, list))
+        or hides_a_field(body, doc, known, free_form)
+    ):
+        verdicts.take(unreadable())
+        return None
+    return doc, items or []
 
 
 def refused(verdicts: Verdicts) -> BodyResult:

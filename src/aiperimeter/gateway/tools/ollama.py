@@ -23,7 +23,7 @@ from aiperimeter.gateway.tools.base import (
     error_json,
     notice,
 )
-from aiperimeter.gateway.tools.casefold import case_variant, may_hide
+from aiperimeter.gateway.tools.casefold import hides_a_field
 from aiperimeter.gateway.tools.hold import REWRITABLE, UNNAMED, GuardCore, HeldCall
 from aiperimeter.gateway.tools.openai_chat import (
     append_notices,
@@ -52,7 +52,7 @@ FREE_FORM = frozenset(("arguments",))  # a call's arguments object: the tool's o
 
 
 def _hides_case_variant(raw: bytes, doc: Any) -> bool:
-    return may_hide(raw) and case_variant(doc, KNOWN_FIELDS, FREE_FORM) is not None
+    return hides_a_field(raw, doc, KNOWN_FIELDS, FREE_FORM)
 
 
 def _name(value: Any) -> str | None:

@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 
 from aiperimeter.gateway.tools.base import RawEvent, SSESplitter, encodable, error_json, notice, sse
-from aiperimeter.gateway.tools.casefold import case_variant, may_hide
+from aiperimeter.gateway.tools.casefold import hides_a_field
 from aiperimeter.gateway.tools.hold import REWRITABLE, GuardCore, HeldCall
 from aiperimeter.policy.calls import Decision, Judge, ToolCall, Verdict
 
@@ -48,7 +48,7 @@ FREE_FORM = frozenset(("arguments",))  # arguments some servers send as an objec
 
 def hides_case_variant(raw: bytes, doc: Any) -> bool:
     """A key in the parsed event or body that a case-insensitive reader takes for a field we read otherwise."""
-    return may_hide(raw) and case_variant(doc, KNOWN_FIELDS, FREE_FORM) is not None
+    return hides_a_field(raw, doc, KNOWN_FIELDS, FREE_FORM)
 
 
 def index_of(value: Any) -> int | None:

@@ -30,9 +30,9 @@ from aiperimeter.gateway.tools.event_guard import (
     EventGuard,
     Slot,
     Verdicts,
-    hides_a_field,
     index_of,
     label,
+    read_body,
     refused,
     unreadable,
 )
@@ -394,19 +394,11 @@ class StreamGuard(EventGuard):
 
 def judge_body(body: bytes, judge: Judge) -> BodyResult:
     verdicts = Verdicts(judge)
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        doc = None
-    output = doc.get("output") if isinstance(doc, dict) else None
-    if (
-        not isinstance(doc, dict)
-        or (output is not None and not isinstance(output, list))
-        or hides_a_field(body, doc, KNOWN_FIELDS, FREE_FORM)
-    ):
-        verdicts.take(unreadable())
+    read = read_body(body, "output", verdicts, KNOWN_FIELDS, FREE_FORM)
+    if read is None:
         return refused(verdicts)  # never delivered, whatever the verdict
-    rewritten = Items(verdicts).rewrite(output or [])
+    doc, output = read
+    rewritten = Items(verdicts).rewrite(output)
     if rewritten is None:
         return refused(verdicts)
     if not rewritten[1]:
