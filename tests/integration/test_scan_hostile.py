@@ -494,8 +494,22 @@ def environment() -> dict[str, str]:
     return env
 
 
+def peak_rss_mb(pid: int) -> float:
+    """The scanner's own peak memory (VmHWM, its address space's high-water mark since exec), read while it runs.
+    Not wait4's ru_maxrss: Linux records the parent's peak there when a vfork()ed child calls exec, so it would
+    measure this test process rather than the scanner."""
+    try:
+        with open(f"/proc/{pid}/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0.0
+
+
 def run_all(jobs: list[Scan], workdir: Path) -> None:
-    """Start every scan at once; reap each with its own rusage (peak memory), killing any past RUN_BOUND."""
+    """Start every scan at once; watch each one's peak memory while it runs; kill any past RUN_BOUND."""
     running: dict[int, tuple[Scan, subprocess.Popen[bytes], float, Path, Path]] = {}
     for job in jobs:
         out, err = workdir / f"{job.name}.out", workdir / f"{job.name}.err"
@@ -512,17 +526,18 @@ def run_all(jobs: list[Scan], workdir: Path) -> None:
         if not running:
             break
         for pid, (job, process, started, out, err) in list(running.items()):
+            job.max_rss_mb = max(job.max_rss_mb, peak_rss_mb(pid))
             elapsed = time.monotonic() - started
             if elapsed > RUN_BOUND:
                 job.timed_out = True
                 os.kill(pid, signal.SIGKILL)
-                _, status, usage = os.wait4(pid, 0)
+                _, status = os.waitpid(pid, 0)
             else:
-                reaped, status, usage = os.wait4(pid, os.WNOHANG)
+                reaped, status = os.waitpid(pid, os.WNOHANG)
                 if reaped == 0:
                     continue
             process.returncode = os.waitstatus_to_exitcode(status)
-            job.returncode, job.seconds, job.max_rss_mb = process.returncode, elapsed, usage.ru_maxrss / 1024
+            job.returncode, job.seconds = process.returncode, elapsed
             job.stdout, job.stderr = out.read_bytes(), err.read_bytes()
             del running[pid]
         time.sleep(0.05)

@@ -64,7 +64,9 @@ class GatewayProcess:
         path = self.data_dir / "audit.jsonl"
         if not path.exists():
             return []
-        return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+        data = path.read_bytes()
+        data = data[: data.rfind(b"\n") + 1]  # a line still being written is read once it is whole
+        return [orjson.loads(line) for line in data.splitlines() if line.strip()]
 
     def wait_audit(self, count: int, timeout: float = 5.0) -> list[dict[str, object]]:
         deadline = time.monotonic() + timeout
