@@ -93,6 +93,86 @@ class LimitSettings(BaseModel):
     lease: float = Field(60.0, ge=5, le=3600, description="seconds a dead replica's concurrency slots stay taken")
 
 
+Severity = Literal["low", "medium", "high", "critical"]
+SEVERITIES: tuple[Severity, ...] = ("low", "medium", "high", "critical")
+AlertAction = Literal["suspend_key", "block_address"]
+
+
+class BruteForceSettings(BaseModel):
+    """Failed authentications from one client address: answered ever more slowly, then refused for a while."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    window: float = Field(300.0, gt=0, le=86400, description="seconds over which failures from an address count")
+    slow_after: int = Field(5, ge=1, description="failures in the window before each further one is slowed")
+    max_delay: float = Field(2.0, ge=0, le=30, description="the longest a failed attempt is held, in seconds")
+    block_after: int = Field(30, ge=1, description="failures in the window that block the address")
+    block_seconds: float = Field(900.0, gt=0, le=30 * 86400, description="how long a blocked address is refused")
+    # Loopback by default: behind a reverse proxy on the same host every client arrives from 127.0.0.1, and blocking
+    # it would refuse everyone. Set `exempt: []` to guard loopback clients too.
+    exempt: tuple[str, ...] = Field(
+        ("127.0.0.0/8", "::1/128"), description="networks (CIDR) never slowed or blocked, as 10.0.0.0/8"
+    )
+
+    @field_validator("exempt")
+    @classmethod
+    def _networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import ipaddress
+
+        for item in value:
+            try:
+                ipaddress.ip_network(item, strict=False)
+            except ValueError:
+                raise ValueError(f"{item!r} is not a network; write it as 10.0.0.0/8 or 2001:db8::/32") from None
+        return value
+
+    @model_validator(mode="after")
+    def _order(self) -> BruteForceSettings:
+        if self.block_after < self.slow_after:
+            raise ValueError("block_after must be at least slow_after")
+        return self
+
+
+class WatchSettings(BaseModel):
+    """Metrics, anomaly alerts and the dashboard (aiperimeter.watch)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
+
+    enabled: bool = Field(True, description="learn per-key baselines from the audit stream and raise alerts")
+    metrics_token: Secret | None = None  # a bearer token that opens only /admin/metrics, for Prometheus
+    webhook_url: Secret | None = None  # alerts are POSTed here as Slack-compatible JSON; the URL is a secret
+    webhook_timeout: float = Field(5.0, gt=0, le=60)
+    min_severity: Severity = Field("medium", description="alerts below this are kept but not delivered")
+    actions: dict[Severity, tuple[AlertAction, ...]] = Field(
+        default_factory=dict, description="automatic actions per severity, as {critical: [suspend_key]}"
+    )
+    block_seconds: float = Field(3600.0, gt=0, le=30 * 86400, description="how long block_address blocks")
+    stream: str = Field(
+        "aiperimeter:audit",
+        pattern=r"^[A-Za-z0-9:_.-]{1,100}$",
+        description="the Redis stream a cluster's replicas share their audit lines on; one per cluster",
+    )
+    brute_force: BruteForceSettings = Field(default_factory=BruteForceSettings)
+
+    @field_validator("metrics_token", "webhook_url", mode="before")
+    @classmethod
+    def _wrap_secret(cls, value: object, info: ValidationInfo) -> object:
+        if isinstance(value, Secret) or value is None:
+            return value
+        if not isinstance(value, str):
+            raise ValueError("must be a string")
+        if not value:
+            return None
+        if info.field_name == "webhook_url":
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError("must be an http:// or https:// URL, as https://hooks.slack.com/services/...")
+        elif len(value) < 16:
+            raise ValueError("must be at least 16 characters; generate one with: openssl rand -hex 24")
+        return Secret(value)
+
+
 class GatewaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -122,6 +202,8 @@ class GatewaySettings(BaseModel):
     # --- tool policy (aiperimeter.policy): a folder of NAME.yaml policies; keys and JWT claims name one ---
     tool_policies: Path | None = None
     default_tool_policy: str | None = None  # for keys and tokens that name none; None: their tools are unrestricted
+    # --- watch (aiperimeter.watch): metrics, anomaly alerts, brute-force protection, dashboard ---
+    watch: WatchSettings = Field(default_factory=WatchSettings)
 
     @field_validator("upstream")
     @classmethod
@@ -220,6 +302,11 @@ _ENV_FIELDS = {
     "TOOL_POLICIES": "tool_policies",
     "DEFAULT_TOOL_POLICY": "default_tool_policy",
 }
+# Settings inside `watch` that the environment may set: secrets belong there rather than in a file.
+_ENV_WATCH_FIELDS = {
+    "METRICS_TOKEN": "metrics_token",
+    "ALERT_WEBHOOK": "webhook_url",
+}
 
 
 def _describe(error: ValidationError) -> str:
@@ -266,6 +353,14 @@ def load_gateway_settings(config_file: Path | None, overrides: dict[str, Any]) -
         if value:
             merged[field] = value
             sources[field] = ENV_PREFIX + suffix
+    for suffix, field in _ENV_WATCH_FIELDS.items():
+        value = os.environ.get(ENV_PREFIX + suffix)
+        if value:
+            watch = merged.get("watch")
+            if watch is not None and not isinstance(watch, dict):
+                break  # the model reports the malformed section
+            merged["watch"] = {**(watch or {}), field: value}
+            sources.setdefault("watch", ENV_PREFIX + suffix)
     for key, value in overrides.items():
         if value is not None:
             merged[key] = value

@@ -18,6 +18,7 @@ import re
 import secrets
 import time
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -104,6 +105,7 @@ class KeyRecord:
     tpm: int | None = None
     concurrency: int | None = None
     tool_policy: str | None = None  # the name of the tool policy this key's calls are held to (None: no policy)
+    canary: bool = False  # a tripwire: never served, any use raises a critical alert
 
     def status(self, now: float) -> KeyStatus:
         if self.revoked_at is not None and self.revoked_at <= now:
@@ -141,7 +143,14 @@ class KeyRecord:
             "rotation_grace_until": self.previous_until if self.previous_until and self.previous_until > now else None,
             "limits": {"rpm": self.rpm, "tpm": self.tpm, "concurrency": self.concurrency},
             "tool_policy": self.tool_policy,
+            "canary": self.canary,
         }
+
+
+def canary_conflicts(options: Mapping[str, object]) -> list[str]:
+    """The names of the `options` that are set. A canary key is never served, so none of what a key may do, for how
+    long or how fast applies to it (and an admin scope on a key planted in the open would be a hazard, not bait)."""
+    return [name for name, value in options.items() if value is not None and value not in ([], (), frozenset())]
 
 
 def new_key(
@@ -155,6 +164,7 @@ def new_key(
     tpm: int | None = None,
     concurrency: int | None = None,
     tool_policy: str | None = None,
+    canary: bool = False,
 ) -> tuple[KeyRecord, str]:
     """A fresh key: the record to store and the secret to hand over once."""
     key_id, secret = generate_key()
@@ -170,6 +180,7 @@ def new_key(
         tpm=tpm,
         concurrency=concurrency,
         tool_policy=tool_policy,
+        canary=canary,
     )
     return record, secret
 

@@ -403,3 +403,262 @@ async def test_postgres_unresponsive_network_fails_closed_within_the_bound(postg
             await _until_back(store, record.id, within=15.0)
         finally:
             await store.close()
+
+
+# --- watch: canary keys, alerts, blocked addresses -----------------------------------------------------------------
+
+
+def _alert(alert_id: str, at: float, kind: str = "canary", key: str | None = "abcdefghijkl") -> dict[str, object]:
+    from aiperimeter.watch.alerts import Alert
+
+    return Alert(
+        id=alert_id,
+        time=at,
+        kind=kind,
+        severity="critical",
+        key=key,
+        client="203.0.113.7",
+        summary="a canary key was used",
+        baseline="never used",
+        observed="1 request",
+        evidence=("r1", "r2"),
+        details={"user_agent": "curl/8.0", "count": 1},
+    ).to_dict()
+
+
+async def test_canary_keys_round_trip(store: KeyStore) -> None:
+    canary, _ = new_key("bait", canary=True)
+    plain, _ = new_key("app")
+    await store.add(canary, "t")
+    await store.add(plain, "t")
+    assert await store.get(canary.id) == canary and canary.canary
+    assert await store.by_hash(canary.secret_hash) == canary
+    assert [r.canary for r in await store.list_all() if r.id in (canary.id, plain.id)] == [True, False]
+    # A rotation (and any other change) keeps a canary a canary.
+    from aiperimeter.keys import new_secret
+
+    rotated = await store.rotate(canary.id, new_secret(canary.id)[1], time.time() + 60, "t")
+    assert rotated is not None and rotated.canary
+    suspended = await store.suspend(canary.id, time.time(), "t")
+    assert suspended is not None and suspended.canary
+
+
+async def test_an_alert_is_kept_once(store: KeyStore) -> None:
+    alert = _alert("a" * 24, 1_000.0)
+    assert await store.add_alert(alert) is True
+    assert await store.add_alert(alert) is False
+    assert await store.add_alert({**alert, "summary": "a second telling"}) is False  # the id decides
+    assert await store.alerts() == [alert]
+
+
+async def test_alerts_newest_first_with_limit_and_since(store: KeyStore) -> None:
+    for n, at in enumerate((300.0, 100.0, 200.0, 400.0)):
+        assert await store.add_alert(_alert(f"id{n}", at, key=None if n == 1 else "abcdefghijkl"))
+    assert [a["time"] for a in await store.alerts()] == [400.0, 300.0, 200.0, 100.0]
+    assert [a["time"] for a in await store.alerts(limit=2)] == [400.0, 300.0]
+    assert [a["time"] for a in await store.alerts(since=200.0)] == [400.0, 300.0, 200.0]
+    assert [a["time"] for a in await store.alerts(limit=1, since=150.0)] == [400.0]
+    assert await store.alerts(limit=0) == []
+    assert (await store.alerts(since=150.0, limit=10))[-1]["id"] == "id2"
+    assert [a["key"] for a in await store.alerts() if a["id"] == "id1"] == [None]
+
+
+async def test_alert_actions_are_recorded_on_the_alert(store: KeyStore) -> None:
+    alert = _alert("b" * 24, 5.0)
+    await store.add_alert(alert)
+    await store.set_alert_actions(alert["id"], ["suspend_key", "block_address"])  # type: ignore[arg-type]
+    [kept] = await store.alerts()
+    assert kept == {**alert, "actions": ["suspend_key", "block_address"]}
+    await store.set_alert_actions("no-such-alert", ["suspend_key"])  # nothing to change, no error
+    assert await store.alerts() == [kept]
+
+
+async def test_alert_text_survives_every_store(store: KeyStore) -> None:
+    alert = _alert("c" * 24, 7.5)
+    alert["summary"] = "unicode é ✓, quotes \" ', a NUL \x00 and a backslash \\u0000"
+    assert await store.add_alert(alert)
+    [kept] = await store.alerts()
+    assert kept["summary"] == "unicode é ✓, quotes \" ', a NUL \ufffd and a backslash \\u0000"
+    assert kept["details"] == {"user_agent": "curl/8.0", "count": 1} and kept["evidence"] == ["r1", "r2"]
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        pytest.param({"id": ""}, id="empty-id"),
+        pytest.param({"id": "x" * 129}, id="long-id"),
+        pytest.param({"time": "yesterday"}, id="time-not-a-number"),
+        pytest.param({"time": float("nan")}, id="time-nan"),
+        pytest.param({"kind": None}, id="no-kind"),
+        pytest.param({"key": 7}, id="key-not-text"),
+    ],
+)
+async def test_a_malformed_alert_is_refused(store: KeyStore, broken: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="alert"):
+        await store.add_alert({**_alert("d" * 24, 1.0), **broken})
+    assert await store.alerts() == []
+
+
+async def test_blocks_are_in_force_until_they_end(store: KeyStore) -> None:
+    now = time.time()
+    await store.block("203.0.113.7", now + 60, "brute force: 30 failed authentications", "brute-force")
+    await store.block("2001:db8::1", now + 120, "alert abc", "watch")
+    await store.block("198.51.100.1", now - 1, "long over", "t")
+    assert await store.blocks(now) == [
+        ("2001:db8::1", now + 120, "alert abc"),
+        ("203.0.113.7", now + 60, "brute force: 30 failed authentications"),
+    ]
+    assert await store.blocks(now + 90) == [("2001:db8::1", now + 120, "alert abc")]
+    assert await store.blocks(now + 500) == []
+
+
+async def test_a_later_block_extends_an_earlier_one_never_shortens_it(store: KeyStore) -> None:
+    now = time.time()
+    await store.block("203.0.113.7", now + 100, "first", "brute-force")
+    await store.block("203.0.113.7", now + 50, "shorter", "watch")
+    assert await store.blocks(now) == [("203.0.113.7", now + 100, "first")]
+    await store.block("203.0.113.7", now + 300, "longer", "cli:alice")
+    assert await store.blocks(now) == [("203.0.113.7", now + 300, "longer")]
+
+
+async def test_an_expired_block_is_replaced_by_a_new_one(store: KeyStore) -> None:
+    now = time.time()
+    await store.block("203.0.113.7", now - 10, "old", "t")
+    assert await store.blocks(now) == []
+    await store.block("203.0.113.7", now + 10, "new", "t")
+    assert await store.blocks(now) == [("203.0.113.7", now + 10, "new")]
+
+
+async def test_unblock(store: KeyStore) -> None:
+    from aiperimeter.state.sqlite import address_subject
+
+    now = time.time()
+    await store.block("203.0.113.7", now + 100, "r", "brute-force")
+    await store.block("198.51.100.1", now - 1, "over", "t")
+    assert await store.unblock("203.0.113.7", "cli:alice") is True
+    assert await store.unblock("203.0.113.7", "cli:alice") is False  # nothing left to lift
+    assert await store.unblock("198.51.100.1", "cli:alice") is False  # it had ended by itself
+    assert await store.unblock("192.0.2.99", "cli:alice") is False
+    assert await store.blocks(now) == []
+    # Blocks and unblocks are in the lifecycle log, under the address.
+    events = await store.events(address_subject("203.0.113.7"))
+    assert [(kind, actor) for kind, actor, _ in events] == [("block", "brute-force"), ("unblock", "cli:alice")]
+
+
+def _an_hour_passes(store: KeyStore) -> None:
+    """As if the store object last deleted old alerts an hour ago (its monotonic mark, moved back)."""
+    store._alerts_pruned -= sqlite_store.ALERT_PRUNE_EVERY  # type: ignore[attr-defined]
+
+
+async def test_alerts_older_than_ninety_days_are_deleted_at_most_hourly(store: KeyStore) -> None:
+    day = 86400.0
+    assert day * 90 == sqlite_store.ALERTS_KEPT
+    now = time.time()
+    assert await store.add_alert(_alert("old", now - 91 * day))  # the first of this store object: deletes first
+    assert await store.add_alert(_alert("kept", now - 89 * day))
+    assert {a["id"] for a in await store.alerts()} == {"old", "kept"}  # within the hour: nothing deleted
+    _an_hour_passes(store)
+    assert await store.add_alert(_alert("new", now))
+    assert [a["id"] for a in await store.alerts()] == ["new", "kept"]
+    assert await store.add_alert(_alert("old2", now - 100 * day))
+    assert await store.add_alert(_alert("new2", now + 1))
+    assert [a["id"] for a in await store.alerts()] == ["new2", "new", "kept", "old2"]  # once an hour at most
+    _an_hour_passes(store)
+    assert await store.add_alert(_alert("new2", now + 1)) is False  # a repeat, yet the hour is up: deletes
+    assert [a["id"] for a in await store.alerts()] == ["new2", "new", "kept"]
+
+
+async def test_alerts_of_a_replayed_past_are_measured_from_their_own_time(store: KeyStore) -> None:
+    """Alerts on their traffic's own clock (a replay, a test) are old by the wall clock, not by each other."""
+    past = 1_700_000_000.0
+    assert await store.add_alert(_alert("a", past))
+    _an_hour_passes(store)
+    assert await store.add_alert(_alert("b", past + 3600))
+    assert [a["id"] for a in await store.alerts()] == ["b", "a"]
+    _an_hour_passes(store)
+    assert await store.add_alert(_alert("c", past + 91 * 86400.0))
+    assert [a["id"] for a in await store.alerts()] == ["c"]
+
+
+async def test_blocks_with_a_limit_are_the_most_recently_made_or_only_those_asked_for(store: KeyStore) -> None:
+    now = time.time()
+    for n, address in enumerate(("203.0.113.1", "2001:db8:1:2::/64", "203.0.113.3", "198.51.100.4")):
+        await store.block(address, now + 600 - n, f"r{n}", "t")
+        await asyncio.sleep(0.002)  # made one after another
+    await store.block("203.0.113.1", now + 900, "extended", "t")  # an extension is not a new block
+    assert [a for a, _, _ in await store.blocks(now, limit=3)] == ["198.51.100.4", "203.0.113.3", "2001:db8:1:2::/64"]
+    assert await store.blocks(now, limit=0) == []
+    everything = await store.blocks(now)
+    assert [a for a, _, _ in everything] == sorted(a for a, _, _ in everything)  # without a limit: by address
+    assert ("203.0.113.1", now + 900, "extended") in everything and len(everything) == 4
+    await store.block("192.0.2.9", now - 1, "over", "t")
+    asked = ["203.0.113.3", "2001:db8:1:2::/64", "192.0.2.9", "192.0.2.99"]  # an ended block, and none at all
+    assert await store.blocks(now, addresses=asked) == [
+        ("2001:db8:1:2::/64", now + 599, "r1"),
+        ("203.0.113.3", now + 598, "r2"),
+    ]
+    assert await store.blocks(now, addresses=[]) == []
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def two_stores(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[tuple[KeyStore, KeyStore]]:
+    """Two store objects on one database, as two workers or replicas have."""
+    if request.param == "sqlite":
+        pair: tuple[KeyStore, KeyStore] = (SQLiteKeyStore(tmp_path / "k.db"), SQLiteKeyStore(tmp_path / "k.db"))
+        yield pair
+        await asyncio.gather(*(s.close() for s in pair))
+        return
+    async with fresh_schema(request.getfixturevalue("postgres_url")) as url:
+        pair = (await open_store(tmp_path, url), await open_store(tmp_path, url))
+        yield pair
+        await asyncio.gather(*(s.close() for s in pair))
+
+
+async def test_two_store_objects_racing_for_one_alert_keep_it_once(two_stores: tuple[KeyStore, KeyStore]) -> None:
+    """As two replicas (or workers) that raised the same alert: exactly one is told it is new."""
+    first, second = two_stores
+    for n in range(20):
+        alert = _alert(f"race{n:02d}", float(n))
+        results = await asyncio.gather(first.add_alert(alert), second.add_alert(alert))
+        assert sorted(results) == [False, True]
+    assert len(await second.alerts()) == 20
+    # A block made through one is in force through the other.
+    await first.block("203.0.113.7", time.time() + 60, "r", "brute-force")
+    assert [a for a, _, _ in await second.blocks(time.time())] == ["203.0.113.7"]
+
+
+async def test_postgres_replicas_racing_for_many_alerts_keep_each_once(postgres_url: str) -> None:
+    async with fresh_schema(postgres_url) as url:
+        replicas = [await open_store(Path("unused"), url) for _ in range(2)]
+        try:
+            alerts = [_alert(f"burst{n:03d}", float(n)) for n in range(50)]
+            results = await asyncio.gather(*(r.add_alert(a) for a in alerts for r in replicas))
+            assert sum(results) == len(alerts)
+            assert all(results[2 * i] != results[2 * i + 1] for i in range(len(alerts)))
+            assert len(await replicas[1].alerts(limit=1000)) == len(alerts)
+        finally:
+            await asyncio.gather(*(r.close() for r in replicas))
+
+
+async def test_sqlite_store_of_an_earlier_version_gains_canary_alerts_and_blocks(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path, isolation_level=None)
+    for number, script in enumerate(sqlite_store.MIGRATIONS[:3], start=1):
+        for statement in filter(str.strip, script.split(";")):
+            db.execute(statement)
+        db.execute(f"PRAGMA user_version = {number:d}")
+    db.execute(
+        "INSERT INTO keys (id, name, secret_hash, scopes, created_at) VALUES ('abcdefghijkl', 'old', 'h', '[]', 1.0)"
+    )
+    db.close()
+    store = SQLiteKeyStore(path)
+    try:
+        old = await store.get("abcdefghijkl")
+        assert old is not None and old.canary is False
+        assert await store.add_alert(_alert("e" * 24, 1.0))
+        await store.block("203.0.113.7", time.time() + 5, "r", "t")
+        assert len(await store.blocks(time.time())) == 1
+    finally:
+        await store.close()

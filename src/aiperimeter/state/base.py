@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from pathlib import Path
 from typing import Protocol
 
@@ -43,6 +44,34 @@ class KeyStore(Protocol):
 
     async def changes_since(self, cursor: int) -> tuple[list[str], int]:
         """Ids of keys changed after `cursor`, and the new cursor. A cursor of -1 asks only for the current one."""
+        ...
+
+    # --- watch: alerts and blocked client addresses, shared by every replica that shares the store ---
+
+    async def add_alert(self, alert: dict[str, object]) -> bool:
+        """Keep an alert (Alert.to_dict()) unless one with its id is kept already; True when it was new, so that
+        replicas raising the same alert deliver it once. Alerts older than ALERTS_KEPT (sqlite.py) are deleted
+        here, at most once per ALERT_PRUNE_EVERY per store object."""
+        ...
+
+    async def alerts(self, limit: int = 100, since: float | None = None) -> list[dict[str, object]]:
+        """The newest alerts first (at most `limit`), optionally only those detected at or after `since`."""
+        ...
+
+    async def set_alert_actions(self, alert_id: str, actions: list[str]) -> None: ...
+
+    async def block(self, address: str, until: float, reason: str, actor: str) -> None:
+        """Refuse requests from `address` until `until` (a later block extends an earlier one)."""
+        ...
+
+    async def unblock(self, address: str, actor: str) -> bool: ...
+
+    async def blocks(
+        self, now: float, limit: int | None = None, addresses: Collection[str] | None = None
+    ) -> list[tuple[str, float, str]]:
+        """The blocks in force: (address, until, reason), by address; with `limit`, at most that many, the most
+        recently made first; with `addresses`, only the blocks of those. An address may also be a network
+        (`2001:db8:1:2::/64`)."""
         ...
 
     async def close(self) -> None: ...

@@ -20,12 +20,14 @@ close it on shutdown.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Collection, Coroutine
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit, urlunsplit
 
+import orjson
 import psycopg
 from psycopg import AsyncConnection
 from psycopg.conninfo import conninfo_to_dict
@@ -33,7 +35,17 @@ from psycopg_pool import AsyncConnectionPool
 
 from aiperimeter.errors import BackendUnavailable, ConfigError
 from aiperimeter.keys import KeyRecord
-from aiperimeter.state.sqlite import COLUMN_COUNT, COLUMNS, record_to_row, row_to_record
+from aiperimeter.state.sqlite import (
+    ALERT_PRUNE_EVERY,
+    COLUMN_COUNT,
+    COLUMNS,
+    PRUNE_EVERY,
+    address_subject,
+    alert_cutoff,
+    alert_fields,
+    record_to_row,
+    row_to_record,
+)
 
 SCHEMES = ("postgresql://", "postgres://")
 
@@ -71,6 +83,26 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: the tool policy a key is held to
     "ALTER TABLE keys ADD COLUMN tool_policy TEXT",
+    # 4: canary keys; alerts raised by the watch part; client addresses refused for a while
+    """
+    ALTER TABLE keys ADD COLUMN canary BOOLEAN NOT NULL DEFAULT FALSE;
+    CREATE TABLE alerts (
+        id TEXT PRIMARY KEY,
+        time DOUBLE PRECISION NOT NULL,
+        kind TEXT NOT NULL,
+        severity TEXT NOT NULL,
+        key_id TEXT,
+        doc JSONB NOT NULL
+    );
+    CREATE INDEX alerts_time ON alerts (time);
+    CREATE TABLE blocks (
+        address TEXT PRIMARY KEY,
+        until DOUBLE PRECISION NOT NULL,
+        reason TEXT NOT NULL,
+        actor TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL
+    )
+    """,
 )
 LATEST = len(MIGRATIONS)
 
@@ -238,6 +270,8 @@ class PostgresKeyStore:
         self._closed = False
         self._stray: set[asyncio.Task[Any]] = set()
         self.opened_version: int | None = None  # the schema version found at open, before migrating
+        self._pruned = -math.inf  # monotonic time of the last deletion of expired blocks
+        self._alerts_pruned = -math.inf  # monotonic time of the last deletion of old alerts
 
     def __repr__(self) -> str:
         return f"PostgresKeyStore({self.url!r})"
@@ -482,6 +516,97 @@ class PostgresKeyStore:
         if not rows:
             return [], cursor
         return [str(row[1]) for row in rows], int(rows[-1][0])
+
+    # --- watch: alerts and blocked addresses ---------------------------------------------------------------------
+
+    async def add_alert(self, alert: dict[str, object]) -> bool:
+        fields = alert_fields(alert)
+        prune = time.monotonic() - self._alerts_pruned >= ALERT_PRUNE_EVERY
+
+        async def write(conn: _Conn) -> bool:
+            async with conn.transaction():
+                if prune:
+                    await conn.execute("DELETE FROM alerts WHERE time < %s", (alert_cutoff(fields[1]),))
+                # Replicas raising the same alert race here: the primary key lets exactly one insert through.
+                cur = await conn.execute(
+                    "INSERT INTO alerts (id, time, kind, severity, key_id, doc) "
+                    "VALUES (%s, %s, %s, %s, %s, %s::jsonb) ON CONFLICT DO NOTHING RETURNING id",
+                    fields,
+                )
+                return await cur.fetchone() is not None
+
+        added = await self._run(write)
+        if prune:
+            self._alerts_pruned = time.monotonic()
+        return added
+
+    async def alerts(self, limit: int = 100, since: float | None = None) -> list[dict[str, object]]:
+        rows = await self._rows(
+            "SELECT doc::text FROM alerts WHERE time >= %s ORDER BY time DESC, id DESC LIMIT %s",
+            (-math.inf if since is None else since, max(0, limit)),
+        )
+        return [orjson.loads(row[0]) for row in rows]
+
+    async def set_alert_actions(self, alert_id: str, actions: list[str]) -> None:
+        await self._rows(
+            "UPDATE alerts SET doc = jsonb_set(doc, '{actions}', %s::jsonb) WHERE id = %s RETURNING id",
+            (orjson.dumps([str(a) for a in actions]).decode(), alert_id),
+        )
+
+    async def block(self, address: str, until: float, reason: str, actor: str) -> None:
+        # A later block extends an earlier one; an expired row is replaced whole.
+        sql = (
+            "INSERT INTO blocks (address, until, reason, actor, created_at) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (address) DO UPDATE SET "
+            "reason = CASE WHEN excluded.until > blocks.until THEN excluded.reason ELSE blocks.reason END, "
+            "actor = CASE WHEN excluded.until > blocks.until THEN excluded.actor ELSE blocks.actor END, "
+            "created_at = CASE WHEN blocks.until <= excluded.created_at THEN excluded.created_at "
+            "ELSE blocks.created_at END, "
+            "until = GREATEST(blocks.until, excluded.until)"
+        )
+
+        async def write(conn: _Conn) -> None:
+            async with conn.transaction():
+                await self._serialise_changes(conn)
+                await conn.execute(sql, (address, until, reason, actor, time.time()))
+                await self._change(conn, address_subject(address), "block", actor)
+
+        await self._run(write)
+
+    async def unblock(self, address: str, actor: str) -> bool:
+        async def write(conn: _Conn) -> bool:
+            async with conn.transaction():
+                await self._serialise_changes(conn)
+                cur = await conn.execute("DELETE FROM blocks WHERE address = %s RETURNING until", (address,))
+                row = await cur.fetchone()
+                in_force = row is not None and float(row[0]) > time.time()
+                if in_force:
+                    await self._change(conn, address_subject(address), "unblock", actor)
+                return in_force
+
+        return await self._run(write)
+
+    async def blocks(
+        self, now: float, limit: int | None = None, addresses: Collection[str] | None = None
+    ) -> list[tuple[str, float, str]]:
+        if time.monotonic() - self._pruned > PRUNE_EVERY:
+            self._pruned = time.monotonic()
+            await self._rows("DELETE FROM blocks WHERE until <= %s RETURNING address", (now,))
+        if addresses is not None:
+            rows = await self._rows(
+                "SELECT address, until, reason FROM blocks WHERE until > %s AND address = ANY(%s) ORDER BY address",
+                (now, list(addresses)),
+            )
+        elif limit is None:
+            rows = await self._rows(
+                "SELECT address, until, reason FROM blocks WHERE until > %s ORDER BY address", (now,)
+            )
+        else:
+            rows = await self._rows(
+                "SELECT address, until, reason FROM blocks WHERE until > %s ORDER BY created_at DESC, address LIMIT %s",
+                (now, max(0, limit)),
+            )
+        return [(str(a), float(u), str(r)) for a, u, r in rows]
 
     async def close(self) -> None:
         """Close the pool. Operations after this raise BackendUnavailable."""
