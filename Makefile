@@ -14,9 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e .
 	touch $(STAMP)
 
-# The test tools and the real products the scanner is tested against (Jupyter, an MCP server, Gradio).
+# The test tools and the real products the scanner is tested against (Jupyter, an MCP server, Gradio); and
+# Debian's Chromium for the dashboard's browser tests (Playwright drives it; it never downloads a browser).
 $(TESTSTAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+		>/dev/null; } || echo "Chromium is not installed: the dashboard's browser tests will be skipped"
 	touch $(TESTSTAMP)
 
 demo: $(STAMP)

@@ -54,7 +54,12 @@ def cluster(
     tmp_path: Path, upstream: FakeUpstream, database: str, redis: str, settings: dict[str, object] | None = None
 ) -> Iterator[list[GatewayProcess]]:
     config = tmp_path / "cluster.yaml"
-    config.write_text(orjson.dumps({"limits": {"replicas": REPLICAS}, **(settings or {})}).decode())
+    # Each cluster its own audit stream, as two clusters sharing one Redis must have.
+    base: dict[str, object] = {
+        "limits": {"replicas": REPLICAS},
+        "watch": {"stream": f"aiperimeter:test:{tmp_path.name}"},
+    }
+    config.write_text(orjson.dumps({**base, **(settings or {})}).decode())
     replicas: list[GatewayProcess] = []
     try:
         for n in range(REPLICAS):
@@ -126,6 +131,53 @@ def test_parallel_streams_cannot_overshoot_a_token_limit_by_more_than_one_estima
     assert {r.code for r in responses if r.status != 200} == {"rate_limit_tokens"}
     assert admitted * used <= 2000 + estimate
     assert admitted >= 2000 // (estimate + 50)  # and the limit is not needlessly strict
+
+
+def test_a_canary_used_on_one_replica_is_alerted_once_by_the_cluster(
+    upstream: FakeUpstream, tmp_path: Path, schema_url: str, redis_url: str
+) -> None:
+    """Every replica's watcher reads the shared stream and detects the same use; the store keeps the alert once,
+    so exactly one replica posts it."""
+    add_key(schema_url, "real")
+    bait, secret = add_key(schema_url, "bait", canary=True)
+    hook = FakeUpstream().start()
+    stream = f"aiperimeter:test:{tmp_path.name}"
+    settings = {"watch": {"stream": stream, "webhook_url": f"http://127.0.0.1:{hook.port}/hook/cluster-secret"}}
+    try:
+        with cluster(tmp_path, upstream, schema_url, redis_url, settings) as replicas:
+            used = request(replicas[1].port, "GET", "/v1/models", key=secret)
+            assert used.status == 401 and used.code == "invalid_key"
+            deadline = time.monotonic() + 20
+            while not hook.seen and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(2.0)  # time enough for a second replica to post a duplicate, were there one
+            posts = [orjson.loads(seen.body)["alert"] for seen in hook.seen]
+            assert [(a["kind"], a["key"]) for a in posts] == [("canary", bait.id)]
+            (record,) = [r for r in replicas[1].audit() if r.get("canary")]
+            assert posts[0]["evidence"] == [record["request_id"]]
+
+            async def kept() -> list[dict[str, object]]:
+                store = PostgresKeyStore(schema_url)
+                try:
+                    return await store.alerts(10)
+                finally:
+                    await store.close()
+
+            assert [a["kind"] for a in asyncio.run(kept())] == ["canary"]
+    finally:
+        hook.stop()
+        asyncio.run(_drop_stream(redis_url, stream))
+    assert upstream.calls() == []
+
+
+async def _drop_stream(url: str, stream: str) -> None:
+    from redis.asyncio import Redis
+
+    client = Redis.from_url(url)
+    try:
+        await client.delete(stream)
+    finally:
+        await client.aclose()
 
 
 def test_revocation_reaches_every_replica_through_redis(

@@ -1,5 +1,8 @@
 """`aiperimeter keys`: create, list, show, rotate, suspend, resume and revoke the gateway's API keys.
 
+`keys create --canary` makes a tripwire: a key that looks like any other, to plant where a leak would be found. The
+gateway answers it as an invalid key, never forwards it, and records each use with the caller's details.
+
 Every change is recorded twice: in the store's change feed (with who did it), which every gateway follows, and as
 a `key` event in the audit log of the data dir.
 
@@ -31,7 +34,16 @@ from aiperimeter import __version__
 from aiperimeter.cli.common import DataDir, console, err_console, fail, parse_duration
 from aiperimeter.config import default_data_dir
 from aiperimeter.hosts import is_loopback_host
-from aiperimeter.keys import ID_RE, KNOWN_SCOPES, POLICY_NAME_RE, KeyRecord, new_key, new_secret, parse_key
+from aiperimeter.keys import (
+    ID_RE,
+    KNOWN_SCOPES,
+    POLICY_NAME_RE,
+    KeyRecord,
+    canary_conflicts,
+    new_key,
+    new_secret,
+    parse_key,
+)
 from aiperimeter.state.base import KeyStore, open_key_store
 
 app = typer.Typer(
@@ -254,6 +266,14 @@ def _split(values: str | None) -> frozenset[str] | None:
     return items
 
 
+CANARY_ADVICE = (
+    "This is a [bold]canary[/] key: use it nowhere. Plant it where a leak would be found: a .env file "
+    "(OPENAI_API_KEY=...), a CI variable, a config file in a repository, a wiki page. The gateway answers it "
+    "exactly as an invalid key and never forwards it; any use of it is recorded in the audit log with the caller's "
+    "address, user agent, method and path, and raises a critical alert. 'aiperimeter keys list' marks it CANARY."
+)
+
+
 @app.command()
 def create(
     name: Annotated[str, typer.Option("--name", help="What the key is for, e.g. the application using it.")],
@@ -283,6 +303,15 @@ def create(
             "folder). Default: the gateway's default policy, if any.",
         ),
     ] = None,
+    canary: Annotated[
+        bool,
+        typer.Option(
+            "--canary",
+            help="Make a canary: a key to plant where a leak would be found (a .env file, CI settings, a repository). "
+            "It looks like any key; the gateway answers it as an invalid key, never forwards it, and any use raises "
+            "a critical alert with the caller's details.",
+        ),
+    ] = False,
     json_out: Json = False,
     data_dir: DataDir = None,
     database: Database = None,
@@ -293,6 +322,13 @@ def create(
     """Create a key and print its secret once."""
     if not name.strip() or len(name) > 200:
         fail("--name must be 1 to 200 characters")
+    options = {"--models": models, "--scope": scope, "--expires": expires, "--rpm": rpm, "--tpm": tpm}
+    options |= {"--concurrency": concurrency, "--tool-policy": tool_policy}
+    if canary and (given := canary_conflicts(options)):
+        fail(
+            f"--canary cannot be combined with {', '.join(given)}: a canary key is never served, so what it may do, "
+            "for how long or how fast does not apply (and an admin scope on a planted key would be a hazard)"
+        )
     scopes = frozenset(scope or ())
     if unknown := scopes - KNOWN_SCOPES:
         fail(f"unknown scope {', '.join(sorted(unknown))}; known scopes: {', '.join(sorted(KNOWN_SCOPES))}")
@@ -314,6 +350,7 @@ def create(
                 "tpm": tpm,
                 "concurrency": concurrency,
                 "tool_policy": tool_policy,
+                **({"canary": True} if canary else {}),
             },
         )
     else:
@@ -328,6 +365,7 @@ def create(
             tpm=tpm,
             concurrency=concurrency,
             tool_policy=tool_policy,
+            canary=canary,
         )
         actor = _actor()
 
@@ -346,6 +384,9 @@ def create(
         return
     console.print(f"Created key [bold]{doc['id']}[/] ({doc['name']}). This is the only time the secret is shown:\n")
     console.print(f"    {doc['secret']}\n", soft_wrap=True)
+    if doc.get("canary"):
+        console.print(CANARY_ADVICE, soft_wrap=True)
+        return
     console.print("Send it as 'Authorization: Bearer <key>' (or 'x-api-key: <key>').")
 
 
@@ -389,7 +430,7 @@ def list_keys(
         table.add_row(
             e["id"],
             e["name"],
-            e["status"],
+            _status(e),
             ",".join(e["scopes"]) or "-",
             ",".join(e["models"]) if e["models"] is not None else "all",
             limits or "default",
@@ -399,6 +440,13 @@ def list_keys(
             _when(e["rotation_grace_until"]) if e["rotation_grace_until"] else "-",
         )
     console.print(table)
+
+
+def _status(entry: dict[str, Any]) -> str:
+    """A canary stands out in a listing: it is bait, not a credential anyone uses."""
+    if not entry.get("canary"):
+        return str(entry["status"])
+    return "[bold yellow]CANARY[/]" + ("" if entry["status"] == "active" else f" ({entry['status']})")
 
 
 def _get(key_id: str, data_dir: Any, database: str | None = None) -> KeyRecord:
@@ -531,6 +579,13 @@ def rotate(
     """Issue a new secret for a key. The old one keeps working until the grace ends, then is refused everywhere."""
     seconds = 0.0 if grace.strip() in ("0", "0s") else parse_duration(grace)
     remote = _remote(server, admin_key, ca_cert)
+    _check_id(key_id)
+    current = remote.call("GET", f"/admin/keys/{key_id}") if remote is not None else None
+    if (current.get("canary") if current is not None else _get(key_id, data_dir, database).canary) is True:
+        fail(
+            f"key {key_id} is a canary: a new secret would be bait no one has found. Create another canary "
+            "(aiperimeter keys create --canary) and revoke this one"
+        )
     if remote is not None:
         doc = _remote_change(remote, key_id, "rotate", {"grace": seconds})
         answered = doc.pop("grace_until", None)

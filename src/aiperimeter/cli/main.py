@@ -7,7 +7,7 @@ import sys
 import typer
 
 from aiperimeter import __version__
-from aiperimeter.cli import db, keys
+from aiperimeter.cli import db, keys, watch
 from aiperimeter.cli.audit import audit
 from aiperimeter.cli.common import fail
 from aiperimeter.cli.demo import demo
@@ -30,6 +30,7 @@ app = typer.Typer(
 app.command(help=gateway.__doc__)(gateway)
 app.add_typer(keys.app, name="keys")
 app.add_typer(db.app, name="db")
+app.add_typer(watch.app, name="watch")
 app.command()(demo)
 app.command(help=scan.__doc__)(scan)
 app.command(help=audit.__doc__)(audit)

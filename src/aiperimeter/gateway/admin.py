@@ -12,13 +12,16 @@ Routes (JSON, errors in the OpenAI envelope):
 
     GET  /admin/healthz
     GET  /admin/keys                    {"object": "list", "data": [key, ...]}
-    POST /admin/keys                    {name, models, scopes, expires_in, rpm, tpm, concurrency, tool_policy}
+    POST /admin/keys                    {name, models, scopes, expires_in, rpm, tpm, concurrency, tool_policy, canary}
                                         -> key + secret
     GET  /admin/keys/{id}
     POST /admin/keys/{id}/revoke
     POST /admin/keys/{id}/rotate        {grace} (seconds the old secret keeps working) -> key + new secret
     POST /admin/keys/{id}/suspend
     POST /admin/keys/{id}/resume
+    GET  /admin/metrics                 Prometheus metrics of every worker (OpenMetrics when Accept asks for it);
+                                        also opened by `watch.metrics_token`, which opens no other route
+    GET  /admin/dashboard, /admin/api/overview, /admin/api/audit/{request_id}   (aiperimeter.watch.dashboard)
 
 Every request needs `Authorization: Bearer <aiperimeter key with the admin scope>`, verified against the store on
 every call (no cache: a revoked admin key stops working at once). The caller's key never appears in a response or
@@ -30,7 +33,10 @@ audit log, as `aiperimeter keys` does.
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import logging
+import os
 import re
 import socket
 import ssl
@@ -60,7 +66,7 @@ from aiperimeter.errors import (
 from aiperimeter.gateway.app import Gateway, GatewayServer
 from aiperimeter.gateway.responses import SERVER_HEADER
 from aiperimeter.gateway.stages.authenticate import HOW as GATEWAY_HOW
-from aiperimeter.gateway.stages.authenticate import presented_key, usable
+from aiperimeter.gateway.stages.authenticate import CanaryRefused, canary_details, presented_key, usable
 from aiperimeter.hosts import is_loopback_host
 from aiperimeter.keys import (
     ADMIN_SCOPE,
@@ -69,11 +75,14 @@ from aiperimeter.keys import (
     KNOWN_SCOPES,
     POLICY_NAME_RE,
     KeyRecord,
+    canary_conflicts,
     hash_key,
     new_key,
     new_secret,
     parse_key,
 )
+from aiperimeter.watch.dashboard import Dashboard
+from aiperimeter.watch.dashboard import owns as dashboard_owns
 
 log = logging.getLogger("aiperimeter.admin")
 
@@ -134,6 +143,7 @@ class CreateKey(BaseModel):
     tpm: int | None = Field(None, ge=1, le=MAX_LIMIT)
     concurrency: int | None = Field(None, ge=1, le=MAX_LIMIT)
     tool_policy: str | None = Field(None, pattern=POLICY_NAME_RE.pattern)
+    canary: bool = False  # a tripwire to plant: never served, any use raises a critical alert
 
     @field_validator("name")
     @classmethod
@@ -285,6 +295,7 @@ class AdminAPI:
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self.dashboard = Dashboard(gateway, self.verify)
 
     async def handle(self, request: web.BaseRequest) -> web.StreamResponse:
         try:
@@ -292,12 +303,29 @@ class AdminAPI:
         except HTTPFailure as failure:
             if failure.status in (401, 403):
                 log.info("admin API refused a request from %s: %s", request.remote, failure.code)
+            if isinstance(failure, CanaryRefused):
+                self._canary_used(request, failure.record)
             return _error(failure)
         except Exception:
             log.exception("an admin API request failed")
             return _error(InternalError())
 
+    def _canary_used(self, request: web.BaseRequest, record: KeyRecord) -> None:
+        """A canary key tried on the admin listener (API or dashboard): the audit record the gateway writes for one,
+        so the watcher raises the same alert. Answered as an unknown key all the same."""
+        self.gateway.sink.write(
+            {"time": time.time(), "request_id": os.urandom(12).hex(), "key_id": record.id,
+             "client": request.remote or "", "method": request.method,
+             "path": request.raw_path.partition("?")[0][:256], "route": None, "model": None, "status": 401,
+             "outcome": "denied", "deny": "invalid_key", "listener": "admin", "pid": os.getpid(),
+             **canary_details(request.headers)}
+        )  # fmt: skip
+
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if dashboard_owns(request.raw_path):  # read-only GET routes that also take Basic auth, for browsers
+            return await self.dashboard.handle(request)
+        if request.raw_path.partition("?")[0] == "/admin/metrics":  # the one route the scrapers' token opens
+            return await self._metrics(request)
         caller = await self._authenticate(request)
         path, question, _ = request.raw_path.partition("?")
         name, key_id = _route(path)
@@ -320,12 +348,41 @@ class AdminAPI:
         assert key_id is not None
         return await self._change(name, key_id, doc, actor)
 
+    async def _metrics(self, request: web.BaseRequest) -> web.Response:
+        """GET /admin/metrics, for an admin key or the metrics token: every process's metrics, merged."""
+        if not self._scraper(request):
+            await self._authenticate(request)
+        if request.method != "GET":
+            raise MethodNotAllowed("method_not_allowed", "This admin API route takes GET.", headers={"Allow": "GET"})
+        if "?" in request.raw_path:
+            raise BadRequest("unexpected_query", "The admin API takes no query string.")
+        if request.body_exists:
+            raise BadRequest("unexpected_body", "This route takes no request body.")
+        body, content_type = await self.gateway.metric_files.exposition(request.headers.get("Accept"))
+        return web.Response(body=body, headers={**_HEADERS, "Content-Type": content_type})
+
+    def _scraper(self, request: web.BaseRequest) -> bool:
+        """Whether the request presents the metrics token (compared in constant time, as digests of equal length)."""
+        token = self.gateway.settings.watch.metrics_token
+        if token is None:
+            return False
+        try:
+            presented = presented_key(request.headers)
+        except Unauthenticated:
+            return False
+        digest = hashlib.sha256(presented.encode("utf-8", "surrogatepass")).digest()
+        return hmac.compare_digest(digest, hashlib.sha256(token.reveal().encode("utf-8", "surrogatepass")).digest())
+
     async def _authenticate(self, request: web.BaseRequest) -> KeyRecord:
         """The caller's key, verified as the gateway verifies keys, but against the store on every call."""
         try:
             token = presented_key(request.headers)
         except Unauthenticated as exc:  # the same codes as the gateway's, with the admin API's advice
             raise Unauthenticated(exc.code, exc.message.replace(GATEWAY_HOW, HOW)) from None
+        return await self.verify(token)
+
+    async def verify(self, token: str) -> KeyRecord:
+        """The admin key `token` names, if it is usable now and has the admin scope."""
         if not token.isascii() or KEY_RE.fullmatch(token) is None or parse_key(token) is None:
             raise Unauthenticated("malformed_credentials", f"The API key is not an aiperimeter key. {HOW}")
         secret_hash = hash_key(token)
@@ -349,6 +406,8 @@ class AdminAPI:
         return _json(200, (await self._get(key_id)).public(time.time()))
 
     async def _create(self, spec: CreateKey, actor: str) -> web.Response:
+        if spec.canary and (given := canary_conflicts(spec.model_dump(exclude={"name", "canary"}))):
+            raise BadRequest("canary_options", f"A canary key is never served, so it takes no {', '.join(given)}.")
         now = time.time()
         record, secret = new_key(
             spec.name,
@@ -360,6 +419,7 @@ class AdminAPI:
             tpm=spec.tpm,
             concurrency=spec.concurrency,
             tool_policy=spec.tool_policy,
+            canary=spec.canary,
         )
         if spec.tool_policy is not None and self.gateway.policies.get(spec.tool_policy) is None:
             raise BadRequest(
@@ -378,7 +438,13 @@ class AdminAPI:
             grace = _parse(Rotate, doc).grace
         else:
             _parse(NoFields, doc)  # revoke, suspend and resume take no fields
-        await self._get(key_id)
+        current = await self._get(key_id)
+        if action == "rotate" and current.canary:
+            raise Conflict(
+                "canary_not_rotatable",
+                f"Key {key_id} is a canary: a new secret would be bait no one has found. Create another canary and "
+                "revoke this one.",
+            )
         now = time.time()
         secret: str | None = None
         extra: dict[str, object] = {}

@@ -10,6 +10,7 @@ import aiohttp
 import orjson
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
+from redis.asyncio import Redis
 
 from aiperimeter.config import GatewaySettings
 from aiperimeter.errors import BadRequest, ConfigError, HTTPFailure, InternalError
@@ -22,9 +23,11 @@ from aiperimeter.gateway.routes import ROUTES, RouteTable
 from aiperimeter.gateway.stages.account import Account
 from aiperimeter.gateway.stages.audit_log import AuditLog, AuditSink
 from aiperimeter.gateway.stages.authenticate import Authenticate
+from aiperimeter.gateway.stages.client_guard import REDIS_TIMEOUT, ClientGuard
 from aiperimeter.gateway.stages.forward import Forward
 from aiperimeter.gateway.stages.host_guard import HostGuard
 from aiperimeter.gateway.stages.limits import Limit
+from aiperimeter.gateway.stages.metrics import Metrics
 from aiperimeter.gateway.stages.request_body import RequestBody
 from aiperimeter.gateway.stages.route_policy import RoutePolicy
 from aiperimeter.gateway.stages.tool_policy import ToolPolicy
@@ -36,6 +39,10 @@ from aiperimeter.state.base import KeyStore, open_key_store
 from aiperimeter.state.bus import RedisBus, RevocationBus
 from aiperimeter.state.limits import Limiter, MemoryLimiter
 from aiperimeter.state.redis_limits import RedisLimiter, connect
+from aiperimeter.watch.feed import StreamPublisher
+from aiperimeter.watch.metric_files import MetricFiles
+from aiperimeter.watch.metrics import MetricBook
+from aiperimeter.watch.watcher import Watcher
 
 log = logging.getLogger("aiperimeter.gateway")
 
@@ -61,21 +68,26 @@ def build_pipeline(
     limit: Limit,
     jwt: JWTVerifier | None = None,
     policies: PolicySet | None = None,
+    book: MetricBook | None = None,
+    guard: ClientGuard | None = None,
 ) -> Pipeline:
     """The gateway's stages, in the order every request meets them:
 
-    1. host_guard    - Host and Origin on the allowlist (DNS rebinding); the raw target parsed, ambiguity refused
-    2. authenticate  - exactly one valid credential: an unexpired, unrevoked, unsuspended key, or a verified JWT
-    3. route_policy  - method and exact path on the upstream kind's allowlist; admin routes need the admin scope
-    4. request_body  - body read within its limit, JSON parsed once, the key's model scope enforced
-    5. limits        - requests, tokens (reserved, settled at the end) and concurrency, per key and overall
-    6. tool_policy   - declared and forced tools and returned tool results held to the key's tool policy
-    7. forward       - the authorised path sent upstream, the response relayed chunk by chunk; under a tool policy
+    1. client_guard  - blocked client addresses refused first; failed authentications slowed, then blocked
+    2. host_guard    - Host and Origin on the allowlist (DNS rebinding); the raw target parsed, ambiguity refused
+    3. authenticate  - exactly one valid credential: an unexpired, unrevoked, unsuspended key, or a verified JWT
+    4. route_policy  - method and exact path on the upstream kind's allowlist; admin routes need the admin scope
+    5. request_body  - body read within its limit, JSON parsed once, the key's model scope enforced
+    6. limits        - requests, tokens (reserved, settled at the end) and concurrency, per key and overall
+    7. tool_policy   - declared and forced tools and returned tool results held to the key's tool policy
+    8. forward       - the authorised path sent upstream, the response relayed chunk by chunk; under a tool policy
                        through its wire format's guard: each call held until complete, then judged and released,
                        stripped or blocked
-    8. account       - token usage read from the response events
-    9. audit_log     - one record per request, whatever happened, with every tool-call decision
+    9. account       - token usage read from the response events
+    10. audit_log    - one record per request, whatever happened, with every tool-call decision
+    11. metrics      - the request counted into this process's metric book (watch.metrics)
     """
+    book = book or MetricBook()
     forward = Forward(
         session,
         settings.upstream,
@@ -84,8 +96,9 @@ def build_pipeline(
         idle_timeout=settings.timeouts.idle,
     )
     stages: list[Stage] = [
+        *([guard] if guard is not None else []),
         HostGuard(allowed_hosts(settings), frozenset(settings.cors_origins)),
-        Authenticate(keys, jwt),
+        Authenticate(keys, jwt, guard.failed if guard is not None else None),
         RoutePolicy(RouteTable.for_kind(settings.kind), settings.kind),
         RequestBody(settings.max_body_bytes, settings.timeouts.client_idle),
         limit,
@@ -93,9 +106,11 @@ def build_pipeline(
         forward,
         Account(),
         AuditLog(sink),
+        Metrics(book),
     ]
     pipeline = Pipeline(stages)
     forward.emit = pipeline.emit if pipeline.event_hooks else None
+    forward.book = book
     return pipeline
 
 
@@ -205,6 +220,17 @@ class Gateway:
         self._bus_task: asyncio.Task[None] | None = None
         self.jwt = JWTVerifier(settings.jwt) if settings.jwt is not None else None
         self.policies = load_tool_policies(settings)
+        self.guard = ClientGuard(
+            self.store,
+            settings.watch.brute_force,
+            self.sink,
+            connect(settings.redis.reveal(), timeout=REDIS_TIMEOUT, max_connections=4) if settings.redis else None,
+        )
+        # This process's counts; the process serving the admin API adds up every process's (watch.metric_files).
+        self.metrics = MetricBook()
+        self.metric_files = MetricFiles(settings.data_dir, self.metrics)
+        self.watcher: Watcher | None = None  # set in the one process that watches (watch.service.build_watcher)
+        self._stream: Redis | None = None  # the shared audit stream's connection, in a cluster
 
     async def start(self) -> web.Server:
         await require_credentials(self.store, self.settings)
@@ -219,13 +245,28 @@ class Gateway:
                 self.bus.run(lambda key_id: self.keys.evict({key_id}), self.keys.clear), name="revocation-bus"
             )
         self.limit.start(self.settings.limits.lease)
+        self.metric_files.start()
+        if self.settings.redis is not None and self.settings.watch.enabled:
+            # Every process appends its audit lines to the stream that each replica's watcher reads.
+            self._stream = connect(self.settings.redis.reveal(), timeout=2.0, max_connections=2)
+            self.sink.tap = StreamPublisher(self._stream, stream=self.settings.watch.stream)
+        await self.guard.start()
         self.session = new_session(self.settings)
         self.pipeline = build_pipeline(
-            self.settings, self.keys, self.session, self.sink, self.limit, self.jwt, self.policies
+            self.settings,
+            self.keys,
+            self.session,
+            self.sink,
+            self.limit,
+            self.jwt,
+            self.policies,
+            book=self.metrics,
+            guard=self.guard,
         )
         handle = self.pipeline.handle
         routes = ROUTES[self.settings.kind]
         cors = Cors(frozenset(self.settings.cors_origins), frozenset(r.method for r in routes))
+        book = self.metrics
 
         async def handler(request: web.BaseRequest) -> web.StreamResponse:
             if (request.method, request.raw_path) in PUBLIC_ROUTES:
@@ -234,7 +275,11 @@ class Gateway:
                 preflight = cors.preflight(request)
                 if preflight is not None:
                     return preflight
-            return await handle(request)
+            book.inflight_requests += 1
+            try:
+                return await handle(request)
+            finally:
+                book.inflight_requests -= 1
 
         return GatewayServer(
             handler,
@@ -266,9 +311,12 @@ class Gateway:
             )
 
     async def close(self) -> None:
+        if self.watcher is not None:
+            await self.watcher.stop()
         if self.jwt is not None:
             await self.jwt.close()
         await self.limit.stop()
+        await self.metric_files.stop()
         if self._bus_task is not None:
             self._bus_task.cancel()
             await asyncio.gather(self._bus_task, return_exceptions=True)
@@ -276,7 +324,11 @@ class Gateway:
             await self.bus.close()
         await self.limiter.close()
         await self.keys.stop()
+        await self.guard.stop()
         if self.session is not None:
             await self.session.close()
         await self.store.close()
         self.sink.close()
+        if self._stream is not None:
+            await asyncio.sleep(0)  # the last lines' append is under way
+            await self._stream.aclose()

@@ -31,6 +31,7 @@ from aiperimeter.gateway.admin import (
 )
 from aiperimeter.gateway.app import Gateway, require_credentials
 from aiperimeter.state.base import open_store
+from aiperimeter.watch.service import build_watcher
 
 log = logging.getLogger("aiperimeter.gateway")
 SHUTDOWN_GRACE = 10.0
@@ -48,6 +49,11 @@ def _tls_context(settings: GatewaySettings) -> ssl.SSLContext | None:
     return context
 
 
+def _configure_logging() -> None:
+    """Every process logs the same way, with its pid: alerts, admin changes and refusals are operators' business."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+
+
 def _install_loop() -> None:
     try:
         import uvloop
@@ -56,8 +62,15 @@ def _install_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(settings: GatewaySettings, port: int, ready: Connection | None, admin_port: int | None = None) -> None:
-    """One process's gateway; with `admin_port`, also the admin API (only one process of a gateway serves it)."""
+async def _serve(
+    settings: GatewaySettings,
+    port: int,
+    ready: Connection | None,
+    admin_port: int | None = None,
+    primary: bool = True,
+) -> None:
+    """One process's gateway; with `admin_port`, also the admin API; when `primary`, also the watcher (one process
+    of a gateway serves each)."""
     loop = asyncio.get_running_loop()
     gateway = Gateway(settings)
     server_factory = await gateway.start()
@@ -84,6 +97,10 @@ async def _serve(settings: GatewaySettings, port: int, ready: Connection | None,
         if ready is None:
             print(f"aiperimeter admin API listening on {admin.url}", flush=True)
     # --- end admin API ---
+    if primary:
+        gateway.watcher = build_watcher(gateway, f"{admin.url}/admin/dashboard" if admin is not None else None)
+        if gateway.watcher is not None:
+            gateway.watcher.start()
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
@@ -105,11 +122,13 @@ async def _serve(settings: GatewaySettings, port: int, ready: Connection | None,
         await gateway.close()
 
 
-def _worker_main(settings: GatewaySettings, port: int, ready: Connection, admin_port: int | None = None) -> None:
+def _worker_main(
+    settings: GatewaySettings, port: int, ready: Connection, admin_port: int | None = None, primary: bool = False
+) -> None:
     _install_loop()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s")
+    _configure_logging()
     try:
-        asyncio.run(_serve(settings, port, ready, admin_port))
+        asyncio.run(_serve(settings, port, ready, admin_port, primary))
     except KeyboardInterrupt:
         pass
     except AiperimeterError as exc:
@@ -150,6 +169,7 @@ def run(settings: GatewaySettings) -> None:
     preflight(settings)
     if settings.workers == 1:
         _install_loop()
+        _configure_logging()
         with contextlib.suppress(KeyboardInterrupt):
             admin = admin_address(settings)  # admin API
             asyncio.run(_serve(settings, settings.listen_port, None, admin[1] if admin is not None else None))
@@ -169,7 +189,7 @@ class Supervisor:
         receive, send = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=_worker_main,
-            args=(self.settings, port, send, self.admin_port if slot == 0 else None),
+            args=(self.settings, port, send, self.admin_port if slot == 0 else None, slot == 0),
             name=f"aiperimeter-worker-{slot}",
             daemon=False,
         )

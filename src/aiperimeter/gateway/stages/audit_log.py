@@ -10,12 +10,30 @@ import asyncio
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
 import orjson
 
 from aiperimeter.gateway.pipeline import Exchange, Outcome, Stage
+from aiperimeter.gateway.stages.authenticate import canary_fields
+
+
+def declared_tools(doc: dict[str, Any]) -> list[str] | None:
+    """The names of the tools a request declares (OpenAI Chat and Responses, Anthropic, Ollama): names only, so the
+    watch part can tell when a key starts using tools it never used."""
+    tools = doc.get("tools")
+    if not isinstance(tools, list):
+        return None
+    names: set[str] = set()
+    for tool in tools[:64]:
+        if isinstance(tool, dict):
+            function = tool.get("function")
+            name = function.get("name") if isinstance(function, dict) else tool.get("name", tool.get("type"))
+            if isinstance(name, str) and name:
+                names.add(name[:128])
+    return sorted(names) or None
 
 
 class AuditSink:
@@ -25,6 +43,8 @@ class AuditSink:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._pending: list[bytes] = []
+        # Also hands each batch of lines to `tap` (the shared audit stream in a cluster); never blocks a write.
+        self.tap: Callable[[list[bytes]], None] | None = None
         if path is None:
             self._fd = sys.stdout.fileno()
         else:
@@ -43,6 +63,8 @@ class AuditSink:
 
     def flush(self) -> None:
         if self._pending:
+            if self.tap is not None:
+                self.tap(self._pending)
             data, self._pending = b"".join(self._pending), []
             while data:  # a regular file takes it all at once; a pipe (stdout) may not
                 data = data[os.write(self._fd, data) :]
@@ -104,6 +126,8 @@ class AuditLog(Stage):
                     else None
                 ),
                 "tools": ex.tools.audit() if ex.tools is not None and ex.tools.decisions else None,
+                "tools_declared": declared_tools(ex.json) if ex.json is not None and "tools" in ex.json else None,
                 "pid": self.pid,
+                **(canary_fields(ex) if ex.key is not None and ex.key.canary else {}),
             }
         )

@@ -23,6 +23,7 @@ from aiperimeter.gateway.responses import SERVER_HEADER, add_cors_headers
 from aiperimeter.gateway.streams import Framer, framer_for, is_stream
 from aiperimeter.gateway.tools.base import blocked_message
 from aiperimeter.gateway.upstream import response_headers, upstream_headers
+from aiperimeter.watch.metrics import MetricBook
 
 SMALL_BODY = 64 * 1024  # fixed-length responses up to this size are relayed in one write
 MAX_JUDGED_BODY = 16 * 1024 * 1024  # a non-streamed response a tool policy must read whole
@@ -49,6 +50,7 @@ class Forward(Stage):
         self.first_byte_timeout = first_byte_timeout
         self.idle_timeout = idle_timeout
         self.emit: Emit | None = None  # set by the pipeline builder: the response-side stages
+        self.book: MetricBook | None = None  # set by the pipeline builder: counts the streams open
         self._urls: dict[str, URL] = {}
 
     async def on_request(self, ex: Exchange) -> None:
@@ -117,18 +119,25 @@ class Forward(Stage):
             stream.content_length = length
         ex.response = stream
         await stream.prepare(ex.request)
-        while True:
-            chunk = await self._read(content.readany())
-            if not chunk:
-                break
-            await stream.write(chunk)
-            ex.bytes_out += len(chunk)
-            events = framer.feed(chunk)
-            if events:
-                await self._emit_all(ex, events)
-        ex.upstream_ms = (time.perf_counter() - sent) * 1000
-        await self._emit_all(ex, framer.close())
-        await stream.write_eof()
+        book = self.book if ex.stream else None
+        if book is not None:
+            book.active_streams += 1
+        try:
+            while True:
+                chunk = await self._read(content.readany())
+                if not chunk:
+                    break
+                await stream.write(chunk)
+                ex.bytes_out += len(chunk)
+                events = framer.feed(chunk)
+                if events:
+                    await self._emit_all(ex, events)
+            ex.upstream_ms = (time.perf_counter() - sent) * 1000
+            await self._emit_all(ex, framer.close())
+            await stream.write_eof()
+        finally:
+            if book is not None:
+                book.active_streams -= 1
 
     async def _relay_guarded(
         self, ex: Exchange, upstream: aiohttp.ClientResponse, headers: CIMultiDict[str], framer: Framer, sent: float
@@ -164,6 +173,9 @@ class Forward(Stage):
         headers["Cache-Control"] = "no-cache"
         stream = ex.response = web.StreamResponse(status=upstream.status, headers=headers)
         await stream.prepare(ex.request)
+        book = self.book
+        if book is not None:
+            book.active_streams += 1
         try:
             while guard.blocked is None:
                 chunk = await self._read(content.readany())
@@ -182,6 +194,8 @@ class Forward(Stage):
                     await self._emit_all(ex, events)
         finally:
             plan.decisions.extend(guard.decisions)
+            if book is not None:
+                book.active_streams -= 1
         ex.upstream_ms = (time.perf_counter() - sent) * 1000
         await self._emit_all(ex, framer.close())
         if guard.blocked is not None:
