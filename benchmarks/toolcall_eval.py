@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
-import os
-import platform
 import statistics
 import sys
 import time
@@ -47,13 +45,18 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from aiperimeter.gateway.tools import anthropic, ollama, openai_chat, openai_responses
-from aiperimeter.gateway.tools.base import SSESplitter, parse_arguments
-from aiperimeter.policy.calls import ALLOW, ToolCall, Verdict
-from aiperimeter.policy.engine import Policy
-from aiperimeter.policy.loader import load_policies
-
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as a script: benchmarks/ is on the path, the repository root is not
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.host import load_average, machine  # noqa: E402
+
+from aiperimeter.gateway.tools import anthropic, ollama, openai_chat, openai_responses  # noqa: E402
+from aiperimeter.gateway.tools.base import SSESplitter, parse_arguments  # noqa: E402
+from aiperimeter.policy.calls import ALLOW, ToolCall, Verdict  # noqa: E402
+from aiperimeter.policy.engine import Policy  # noqa: E402
+from aiperimeter.policy.loader import load_policies  # noqa: E402
+
 DATASET = ROOT / "benchmarks" / "data" / "tool_calls.yaml"
 POLICIES = ROOT / "examples" / "tool-policies"
 CATEGORIES = ("sql", "shell", "url", "path", "values", "schema", "listing", "malformed")
@@ -509,32 +512,6 @@ def _summary(values: Sequence[float]) -> tuple[float, float, float]:
     return statistics.median(values), pct(values, 99), max(values)
 
 
-def _load() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": model or platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "platform": platform.platform(),
-        "load_average_before": _load(),
-    }
-
-
 # --- main -----------------------------------------------------------------------------------------------------------
 
 
@@ -568,7 +545,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.accuracy_only:
         judge = run_judge_cost(cases, policies, args.repeats)
         timings = run_latency(cases, policies, args.rounds, args.budget)
-        host["load_average_after"] = _load()
+        host["load_average_after"] = load_average()
         show_latency(timings, judge)
         console.print(f"load average after the timing: {host['load_average_after']}")
         for timing in timings:

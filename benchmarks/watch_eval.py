@@ -28,8 +28,6 @@ evaluation week; under 20 µs of detector CPU per request.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import sys
 import time
@@ -47,6 +45,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as a script: benchmarks/ is on the path, the repository root is not
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.host import machine  # noqa: E402
 from benchmarks.watch_traffic import INCIDENT_TYPES, MINUTE, Incident, Scenario, add_arguments, scenario_from  # noqa: E402
 
 RESULTS = ROOT / "benchmarks" / "results"
@@ -423,27 +422,6 @@ def markdown(title: str, headers: Sequence[str], rows: Rows) -> str:
     lines = [f"### {title}", "", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
-
-
-def machine() -> dict[str, Any]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    return {
-        "cpu": model or platform.machine(),
-        "cores": os.cpu_count(),
-        "python": platform.python_version(),
-        "load_average_before": load,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,15 +15,14 @@ import psutil
 import pytest
 from aiohttp import web
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_admin_api import admin_port, wait_for
 from tests.support.gateway import GatewayProcess, add_key, start_gateway
 from tests.support.http import Response, request
 from tests.support.leaks import LEAKS
+from tests.support.metrics import Samples, samples, value
 from tests.support.upstream import FakeUpstream
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 OK = {"route": "/v1/models", "status_class": "2xx", "outcome": "ok"}
 
 
@@ -52,15 +51,7 @@ def scrape(port: int, credential: str, secrets_: tuple[str, ...] = ()) -> Sample
     text = response.body.decode()
     for secret in (credential, *secrets_):
         assert secret not in text
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    return found.get((name, frozenset(labels.items())), 0.0)
+    return samples(text)
 
 
 def counters(found: Samples) -> Samples:

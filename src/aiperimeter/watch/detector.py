@@ -18,6 +18,8 @@ from aiperimeter.watch.baseline import HOURS, MAX_SEEN, RECENT, SIZE_BUCKETS, Ke
 from aiperimeter.watch.observation import Observation, network_of
 
 _FAILURES = frozenset({401, 403})
+# A new tool is the most telling: tools act on the owner's systems.
+NOVELTY_SEVERITY: dict[str, Severity] = {"model": "medium", "tool": "high", "route": "medium"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,20 +152,16 @@ class Detector:
                                 details={"observed": st.sum_deny, "ceiling": st.ceil_deny})  # fmt: skip
         if len(st.hist_req) < self.settings.learn_days:
             return
-        if st.sum_req > st.ceil_req[hour]:
-            ceiling = st.ceil_req[hour]
-            self._key_alert(alerts, st, obs, "volume_spike", "high" if st.sum_req > 3 * ceiling else "medium", hour,
-                            summary=f"key {obs.key}: {st.sum_req} requests in 5 minutes",
-                            baseline=f"at most {ceiling:.0f} requests in 5 minutes around {hour:02d}:00 UTC",
-                            observed=f"{st.sum_req} requests in 5 minutes",
-                            details={"observed": st.sum_req, "ceiling": ceiling, "hour": hour})  # fmt: skip
-        if st.sum_tok > st.ceil_tok[hour]:
-            ceiling = st.ceil_tok[hour]
-            self._key_alert(alerts, st, obs, "token_spike", "high" if st.sum_tok > 3 * ceiling else "medium", hour,
-                            summary=f"key {obs.key}: {st.sum_tok} tokens in 5 minutes",
-                            baseline=f"at most {ceiling:.0f} tokens in 5 minutes around {hour:02d}:00 UTC",
-                            observed=f"{st.sum_tok} tokens in 5 minutes",
-                            details={"observed": st.sum_tok, "ceiling": ceiling, "hour": hour})  # fmt: skip
+        for kind, unit, observed, ceiling in (
+            ("volume_spike", "requests", st.sum_req, st.ceil_req[hour]),
+            ("token_spike", "tokens", st.sum_tok, st.ceil_tok[hour]),
+        ):
+            if observed > ceiling:
+                self._key_alert(alerts, st, obs, kind, "high" if observed > 3 * ceiling else "medium", hour,
+                                summary=f"key {obs.key}: {observed} {unit} in 5 minutes",
+                                baseline=f"at most {ceiling:.0f} {unit} in 5 minutes around {hour:02d}:00 UTC",
+                                observed=f"{observed} {unit} in 5 minutes",
+                                details={"observed": observed, "ceiling": ceiling, "hour": hour})  # fmt: skip
         if st.idle[hour] and st.sum_req >= self.settings.idle_min:
             self._key_alert(alerts, st, obs, "idle_hour", "high", hour,
                             summary=f"key {obs.key} active at {hour:02d}:00 UTC, an hour it is normally idle",
@@ -192,27 +190,18 @@ class Detector:
                             observed=f"a request from {obs.client}",
                             details={"network": network, "known": sorted(st.networks)[:20]})  # fmt: skip
         _remember(st.networks, network, now, s.max_seen)
-        if obs.model is not None:
-            if obs.model not in st.models and learned:
-                self._key_alert(alerts, st, obs, "new_model", "medium", None,
-                                summary=f"key {obs.key} asked for a model it never used: {obs.model}",
-                                baseline=f"models used: {', '.join(sorted(st.models)[:8]) or 'none'}",
-                                observed=f"model {obs.model}", details={"model": obs.model})  # fmt: skip
-            _remember(st.models, obs.model, now, s.max_seen)
-        for tool in obs.tools:
-            if tool not in st.tools and learned:
-                self._key_alert(alerts, st, obs, "new_tool", "high", None,
-                                summary=f"key {obs.key} used a tool it never used: {tool}",
-                                baseline=f"tools used: {', '.join(sorted(st.tools)[:8]) or 'none'}",
-                                observed=f"tool {tool}", details={"tool": tool})  # fmt: skip
-            _remember(st.tools, tool, now, s.max_seen)
-        if obs.route is not None:
-            if obs.route not in st.routes and learned:
-                self._key_alert(alerts, st, obs, "new_route", "medium", None,
-                                summary=f"key {obs.key} used an API route it never used: {obs.route}",
-                                baseline=f"routes used: {', '.join(sorted(st.routes)[:8])}",
-                                observed=f"route {obs.route}", details={"route": obs.route})  # fmt: skip
-            _remember(st.routes, obs.route, now, s.max_seen)
+        for kind, seen, names in (
+            ("model", st.models, (obs.model,) if obs.model is not None else ()),
+            ("tool", st.tools, obs.tools),
+            ("route", st.routes, (obs.route,) if obs.route is not None else ()),
+        ):
+            for name in names:
+                if name not in seen and learned:
+                    self._key_alert(alerts, st, obs, f"new_{kind}", NOVELTY_SEVERITY[kind], None,
+                                    summary=f"key {obs.key} used a {kind} it never used: {name}",
+                                    baseline=f"{kind}s used: {', '.join(sorted(seen)[:8]) or 'none'}",
+                                    observed=f"{kind} {name}", details={kind: name})  # fmt: skip
+                _remember(seen, name, now, s.max_seen)
 
     def _shape(self, st: KeyBaseline, obs: Observation, alerts: list[Alert]) -> None:
         size_in = min(obs.bytes_in.bit_length(), SIZE_BUCKETS - 1)

@@ -30,22 +30,9 @@ from aiperimeter.policy.calls import Decision, ToolCall, Verdict
 from aiperimeter.watch import metric_files
 from aiperimeter.watch.metric_files import MAX_FILE, MetricFiles, decode, encode, stamp
 from aiperimeter.watch.metrics import HISTOGRAMS, MAX_SERIES, OTHER, MetricBook, Totals, admit_keys, put, render
+from tests.support.metrics import Samples, samples, value
 
 DASHBOARD = Path(__file__).parents[3] / "examples" / "grafana" / "aiperimeter.json"
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-
-
-def samples(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(found: Samples, name: str, **labels: str) -> float:
-    return found.get((name, frozenset(labels.items())), 0.0)
 
 
 def scrape(totals: Totals) -> Samples:
