@@ -73,6 +73,10 @@ _WINDOW = re.compile(r"[0-9]{1,8}")
 _static_cache: dict[str, bytes] = {}
 
 
+class RecordLookup(Protocol):
+    def get(self, request_id: str) -> Mapping[str, Any] | None: ...
+
+
 class WatchSource(Protocol):
     """What the dashboard reads of the gateway's watcher."""
 
@@ -80,7 +84,7 @@ class WatchSource(Protocol):
     def rollup(self) -> Rollup: ...
 
     @property
-    def ring(self) -> Mapping[str, Mapping[str, Any]]: ...
+    def ring(self) -> RecordLookup: ...
 
 
 def owns(raw_path: str) -> bool:
