@@ -240,6 +240,20 @@ async def test_exempt_networks_are_never_blocked(tmp_path: Path, store: SQLiteKe
     assert await store.blocks(LEARNED + 60) == []
 
 
+async def test_an_exempt_network_is_matched_in_its_ipv4_mapped_spelling_too(
+    tmp_path: Path, store: SQLiteKeyStore
+) -> None:
+    audit = tmp_path / "audit.jsonl"
+    write(audit, burst(LEARNED, 30, 1.0, key=None, client="::ffff:10.9.9.9", status=401, deny="invalid_key"))
+    settings = WatchSettings(
+        actions={"high": ("block_address",)},
+        brute_force={"exempt": ("10.0.0.0/8",)},  # type: ignore[arg-type]
+    )
+    await drain(watcher_for(audit, store, settings, now=LEARNED + 60))
+    assert [a["kind"] for a in await store.alerts(5)] == ["denial_burst"]
+    assert await store.blocks(LEARNED + 60) == []
+
+
 async def test_alerts_about_old_traffic_are_kept_but_not_acted_on_or_delivered(
     tmp_path: Path, store: SQLiteKeyStore, receiver: Receiver
 ) -> None:

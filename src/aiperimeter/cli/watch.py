@@ -20,9 +20,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from aiperimeter.cli.common import DataDir, console, fail, parse_duration
-from aiperimeter.cli.keys import Database, Json
-from aiperimeter.config import SEVERITIES, default_data_dir
-from aiperimeter.state.base import KeyStore, open_key_store
+from aiperimeter.cli.keys import Database, Json, _store
+from aiperimeter.config import SEVERITIES
 from aiperimeter.watch.alerts import Alert, rank
 
 app = typer.Typer(
@@ -31,10 +30,6 @@ app = typer.Typer(
 )
 
 _STYLE = {"low": "dim", "medium": "yellow", "high": "bold red", "critical": "bold white on red"}
-
-
-def _store(data_dir: Path | None, database: str | None) -> KeyStore:
-    return open_key_store(data_dir or default_data_dir(), database)
 
 
 def _when(at: float) -> str:
@@ -186,32 +181,23 @@ def replay(
     """Run the detector over an audit log, as the watcher would have, and print its alerts. Nothing is kept,
     delivered or acted on: a way to see what the detector makes of your traffic before trusting its actions."""
     from aiperimeter.watch.detector import Detector  # imported here: every other command starts faster without it
-    from aiperimeter.watch.feed import parse_lines
+    from aiperimeter.watch.feed import FileFeed
     from aiperimeter.watch.observation import Observation
 
-    try:
-        handle = audit_log.open("rb")
-    except OSError as exc:
-        fail(f"cannot read {escape(str(audit_log))}: {escape(exc.strerror or str(exc))}")
-    detector = Detector()
-    found: list[Alert] = []
-    records = 0
-    with handle:
-        pending = b""
-        while chunk := handle.read(1 << 20):
-            data = pending + chunk
-            cut = data.rfind(b"\n") + 1
-            pending = data[cut:]
-            for record in parse_lines(data[:cut]):
+    if not audit_log.is_file():
+        fail(f"cannot read {escape(str(audit_log))}: no such file")
+
+    async def run() -> tuple[int, list[Alert]]:
+        feed, detector, found, records = FileFeed(audit_log), Detector(), [], 0
+        while not feed.exhausted():
+            for record in await feed.read():
                 obs = Observation.from_record(record)
                 if obs is not None:
                     records += 1
                     found.extend(detector.observe(obs))
-        for record in parse_lines(pending):
-            obs = Observation.from_record(record)
-            if obs is not None:
-                records += 1
-                found.extend(detector.observe(obs))
+        return records, found
+
+    records, found = asyncio.run(run())
     found = [a for a in found if rank(a.severity) >= rank(severity)]  # type: ignore[arg-type]
     if json:
         console.print_json(orjson.dumps([a.to_dict() for a in found]).decode())

@@ -50,7 +50,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from aiperimeter.config import GatewaySettings, split_host_port
 from aiperimeter.errors import (
-    BackendUnavailable,
     BadRequest,
     ConfigError,
     Conflict,
@@ -468,19 +467,7 @@ class AdminAPI:
         return _json(200, body)
 
     async def _done(self, action: str, record: KeyRecord, actor: str, **extra: object) -> None:
-        """After the store has the change: this worker forgets the key at once, the other processes hear of it on
-        the bus (they also follow the store's change feed), and the audit log records it."""
-        gateway = self.gateway
-        gateway.keys.evict({record.id})
-        if gateway.bus is not None:
-            try:
-                await gateway.bus.publish(record.id)
-            except BackendUnavailable:
-                log.warning("revocation bus unavailable: gateways will see key %s change through the store", record.id)
-        gateway.sink.write(
-            {"time": time.time(), "event": "key", "action": action, "key_id": record.id, "actor": actor, **extra}
-        )
-        gateway.sink.flush()
+        await self.gateway.key_changed(record.id, action, actor, **extra)
         log.info("admin API: %s key %s (by %s)", action, record.id, actor)
 
 

@@ -13,7 +13,7 @@ from aiohttp.web_protocol import RequestHandler
 from redis.asyncio import Redis
 
 from aiperimeter.config import GatewaySettings
-from aiperimeter.errors import BadRequest, ConfigError, HTTPFailure, InternalError
+from aiperimeter.errors import BackendUnavailable, BadRequest, ConfigError, HTTPFailure, InternalError
 from aiperimeter.gateway.cors import Cors
 from aiperimeter.gateway.jwt import JWTVerifier
 from aiperimeter.gateway.keycache import KeyCache
@@ -291,6 +291,20 @@ class Gateway:
             max_field_size=8190,
             max_headers=100,
         )
+
+    async def key_changed(self, key_id: str, action: str, actor: str, **extra: object) -> None:
+        """After the store has a key's change: this worker forgets the key at once, the other processes hear of it
+        on the bus (they also follow the store's change feed), and the audit log records it. The admin API and the
+        watcher's actions both change keys through here."""
+        self.keys.evict({key_id})
+        if self.bus is not None:
+            try:
+                await self.bus.publish(key_id)
+            except BackendUnavailable:
+                log.warning("revocation bus unavailable: gateways will see key %s change through the store", key_id)
+        self.sink.write({"time": time.time(), "event": "key", "action": action, "key_id": key_id, "actor": actor,
+                         **extra})  # fmt: skip
+        self.sink.flush()
 
     async def _warn_unknown_policies(self) -> None:
         """Keys naming a policy this gateway lacks are refused on every request: say so once, at start."""

@@ -9,7 +9,7 @@ comparisons with thresholds the baseline computes once a day (see baseline.py).
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from aiperimeter.config import SEVERITIES, Severity
@@ -43,9 +43,9 @@ class DetectorSettings:
 @dataclass(slots=True)
 class _Address:
     minute: int = 0
-    window: list[int] | None = None
+    window: list[int] = field(default_factory=lambda: [0] * 5)
     total: int = 0
-    evidence: list[str] | None = None
+    evidence: list[str] = field(default_factory=list)
 
 
 def _remember(seen: dict[str, float], name: str, now: float, cap: int) -> None:
@@ -240,10 +240,9 @@ class Detector:
         if address is None:
             if len(self.addresses) >= self.settings.max_addresses:
                 self.addresses.popitem(last=False)
-            address = self.addresses[obs.client] = _Address(window=[0] * 5, evidence=[])
+            address = self.addresses[obs.client] = _Address()
         else:
             self.addresses.move_to_end(obs.client)
-        assert address.window is not None and address.evidence is not None
         minute = int(obs.time // 60)
         if minute > address.minute:
             address.total = _advance(address.window, address.minute, minute, address.total)

@@ -84,6 +84,13 @@ class FileFeed:
         self._start_from_end = None
         return True
 
+    def exhausted(self) -> bool:
+        """Whether every byte the file holds now has been read (a last line without its newline stays pending)."""
+        try:
+            return os.stat(self.path).st_size <= self._offset
+        except OSError:
+            return True
+
     async def read(self) -> list[dict[str, Any]]:
         # Read on the loop, not in a thread: the file was just written by this gateway and is in the page cache,
         # so a 1 MiB read takes a fraction of a millisecond, while handing the GIL to a reader thread and back

@@ -7,7 +7,6 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from aiperimeter.errors import BackendUnavailable
 from aiperimeter.state.redis_limits import connect
 from aiperimeter.watch.deliver import Delivery
 from aiperimeter.watch.feed import WARMUP_BYTES_DEFAULT, Feed, FileFeed, RedisFeed
@@ -37,16 +36,6 @@ def build_watcher(gateway: Gateway, dashboard: str | None = None) -> Watcher | N
         )
         return None
 
-    async def key_changed(key_id: str, action: str, actor: str) -> None:
-        gateway.keys.evict({key_id})
-        if gateway.bus is not None:
-            try:
-                await gateway.bus.publish(key_id)
-            except BackendUnavailable:
-                log.warning("revocation bus unavailable: gateways will see key %s change through the store", key_id)
-        gateway.sink.write({"time": time.time(), "event": "key", "action": action, "key_id": key_id, "actor": actor})
-        gateway.sink.flush()
-
     def blocked(address: str, until: float, reason: str) -> None:
         gateway.sink.write(
             {"time": time.time(), "event": "block", "client": address, "until": until, "reason": reason,
@@ -63,7 +52,7 @@ def build_watcher(gateway: Gateway, dashboard: str | None = None) -> Watcher | N
         delivery=Delivery(
             watch.webhook_url, min_severity=watch.min_severity, timeout=watch.webhook_timeout, dashboard=dashboard
         ),
-        actions=Actions(gateway.store, watch, on_key_change=key_changed, on_block=blocked),
+        actions=Actions(gateway.store, watch, on_key_change=gateway.key_changed, on_block=blocked),
         on_alert=lambda alert: gateway.metrics.alert(alert.kind, alert.severity),
         on_lag=gateway.metrics.watch_lag,
     )

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import os
 import time
@@ -26,7 +25,7 @@ import orjson
 
 from aiperimeter.config import WatchSettings
 from aiperimeter.errors import BackendUnavailable
-from aiperimeter.gateway.stages.client_guard import subject
+from aiperimeter.gateway.stages.client_guard import Exemptions, numeric, subject
 from aiperimeter.state.base import KeyStore
 from aiperimeter.watch.alerts import Alert
 from aiperimeter.watch.deliver import Delivery
@@ -113,7 +112,7 @@ class Actions:
         self.settings = settings
         self.on_key_change = on_key_change
         self.on_block = on_block
-        self.exempt = [ipaddress.ip_network(n, strict=False) for n in settings.brute_force.exempt]
+        self.exempt = Exemptions(settings.brute_force.exempt)
 
     def for_alert(self, alert: Alert) -> tuple[str, ...]:
         return tuple(self.settings.actions.get(alert.severity, ()))
@@ -149,16 +148,9 @@ class Actions:
         return f"suspended key {alert.key}"
 
     async def _block(self, alert: Alert, now: float) -> str | None:
-        address = alert.client
-        if not address:
+        if not alert.client or numeric(alert.client) is None or alert.client in self.exempt:
             return None
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return None
-        if any(ip in network for network in self.exempt):
-            return None
-        address = subject(address)  # an IPv6 client's whole /64: it may move within it at will
+        address = subject(alert.client)  # an IPv6 client's whole /64: it may move within it at will
         until = now + self.settings.block_seconds
         reason = f"alert {alert.kind} ({alert.id})"
         await self.store.block(address, until, reason, f"watch:{alert.id}")
