@@ -20,6 +20,7 @@ DROP_REQUEST = frozenset(
         "Authorization", "x-api-key", "Cookie",
         # claims about the client that only a proxy in front of us may make
         "Forwarded", "X-Real-IP", "X-Original-URL", "X-Rewrite-URL", "X-Original-Host", "X-Original-Forwarded-For",
+        "X-Host", "X-HTTP-Host-Override",
         "True-Client-IP", "X-Client-IP", "X-Cluster-Client-IP", "Client-IP", "CF-Connecting-IP", "Fastly-Client-IP",
         # method overrides: the upstream must run the method that was authorised
         "X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override",
