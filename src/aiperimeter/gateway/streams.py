@@ -42,7 +42,8 @@ class SSEFramer:
 
 
 def _has_data_line(raw: bytes) -> bool:
-    return raw.startswith(b"data") or b"\ndata" in raw
+    # a field named exactly "data" (a line "dataX: ..." is another field, which SSE readers ignore)
+    return any(line == b"data" or line.startswith(b"data:") for line in raw.split(b"\n"))
 
 
 class NDJSONFramer:

@@ -362,7 +362,9 @@ class StreamGuard(GuardCore):
             self._plain(keys[0], parts[0], doc, raw)
             return
         if not calls and not any(key in self._choices for key in keys):
-            self._outbox.put(keys[0], raw)  # choices that never held a call: nothing waits, nothing to rewrite
+            # choices that never held a call: nothing waits, nothing to rewrite (no object choice at all: behind
+            # every held call, like a chunk without choices)
+            self._outbox.put(keys[0] if keys else None, raw)
             return
         if not encodable(doc):  # parsed but nested too deep to rebuild: unreadable
             self._unreadable()

@@ -1,0 +1,1 @@
+"""Tests of the fuzz targets, their oracles and the engine (tests/hardening/fuzz)."""
