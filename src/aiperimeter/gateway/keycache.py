@@ -33,6 +33,7 @@ class KeyCache:
         self.serving_stale = False
         self._cursor = -1
         self._task: asyncio.Task[None] | None = None
+        self._probe: asyncio.Task[None] | None = None  # a lookup in the background while the store is down
 
     def cached(self, secret_hash: str) -> KeyRecord | None:
         entry = self._entries.get(secret_hash)
@@ -45,6 +46,13 @@ class KeyCache:
         if record is not None:
             return record
         now = time.monotonic()
+        entry = self._entries.get(secret_hash)
+        if self.serving_stale and entry is not None and now - entry[1] < self.stale:
+            # The store is known to be down: serve the verified key at once, and let one lookup in the background
+            # find out whether the store is back, rather than make every request wait out the store's timeout.
+            if self._probe is None or self._probe.done():
+                self._probe = asyncio.create_task(self._recheck(secret_hash, now), name="key-store-probe")
+            return entry[0]
         try:
             record = await self.store.by_hash(secret_hash)
         except BackendUnavailable:
@@ -55,6 +63,17 @@ class KeyCache:
                 self.serving_stale = True
                 return entry[0]
             raise
+        self._verified(secret_hash, record, now)
+        return record
+
+    async def _recheck(self, secret_hash: str, now: float) -> None:
+        try:
+            record = await self.store.by_hash(secret_hash)
+        except BackendUnavailable:
+            return  # still down: the next request past the TTL probes again
+        self._verified(secret_hash, record, now)
+
+    def _verified(self, secret_hash: str, record: KeyRecord | None, now: float) -> None:
         if self.serving_stale:
             log.info("key store available again")
             self.serving_stale = False
@@ -64,7 +83,6 @@ class KeyCache:
             self._entries[secret_hash] = (record, now)
         else:
             self._entries.pop(secret_hash, None)
-        return record
 
     def clear(self) -> None:
         self._entries.clear()
@@ -78,9 +96,10 @@ class KeyCache:
         self._task = asyncio.create_task(self._follow(), name="key-change-follower")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._probe):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
 
     async def _follow(self) -> None:
         failing = False

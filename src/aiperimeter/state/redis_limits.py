@@ -31,6 +31,7 @@ from typing import Any
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from aiperimeter.errors import BackendUnavailable
@@ -249,6 +250,10 @@ class RedisLimiter:
             if self.available:
                 log.warning("limits store unavailable (%s)", type(exc).__name__)
             self.available = False
+            if isinstance(exc, (RedisConnectionError, OSError)):
+                # The idle pooled connections are as dead as this one: dropped, so that once Redis is back each
+                # call connects afresh instead of failing once per stale connection (and falling back for it).
+                await self.redis.connection_pool.disconnect(inuse_connections=False)
             raise BackendUnavailable("limits_unavailable", "The rate limit store is unavailable.") from exc
         if not self.available:
             log.info("limits store available again")

@@ -131,3 +131,7 @@ class AuditLog(Stage):
                 **(canary_fields(ex) if ex.key is not None and ex.key.canary else {}),
             }
         )
+        # The batch this record joined is written at the end of this loop turn; the response is ended only after
+        # the handler returns. Waiting out the turn puts the record in the file before the client can have the last
+        # byte of its answer, so a worker killed in between loses no record of an answered request.
+        await asyncio.sleep(0)

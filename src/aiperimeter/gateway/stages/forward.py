@@ -32,6 +32,17 @@ STRIPPED_HEADER = "X-Aiperimeter-Tool-Calls-Stripped"
 Emit = Callable[[Exchange, StreamEvent], Awaitable[None]]
 
 
+class _Relayed(web.StreamResponse):
+    """A relayed response that may hold its last bytes back until it is ended, which aiohttp does once the handler
+    returns: after the audit record is written."""
+
+    tail = b""
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        tail, self.tail = self.tail, b""
+        await super().write_eof(tail + data)
+
+
 class Forward(Stage):
     name: ClassVar[str] = "forward"
 
@@ -114,7 +125,7 @@ class Forward(Stage):
         if ex.stream:
             headers["X-Accel-Buffering"] = "no"
             headers["Cache-Control"] = "no-cache"
-        stream = web.StreamResponse(status=upstream.status, headers=headers)
+        stream = _Relayed(status=upstream.status, headers=headers)
         if length is not None:
             stream.content_length = length
         ex.response = stream
@@ -127,14 +138,19 @@ class Forward(Stage):
                 chunk = await self._read(content.readany())
                 if not chunk:
                     break
-                await stream.write(chunk)
+                if length is not None and ex.bytes_out + len(chunk) >= length:
+                    stream.tail = chunk  # completes the body: goes out when the response ends
+                else:
+                    await stream.write(chunk)
                 ex.bytes_out += len(chunk)
                 events = framer.feed(chunk)
                 if events:
                     await self._emit_all(ex, events)
             ex.upstream_ms = (time.perf_counter() - sent) * 1000
             await self._emit_all(ex, framer.close())
-            await stream.write_eof()
+            # No write_eof here: aiohttp ends the response (chunked: its last chunk; fixed length: its tail) once the
+            # handler returns, after the audit record is written, so a client never holds a whole answer whose
+            # record a killed worker could lose.
         finally:
             if book is not None:
                 book.active_streams -= 1
@@ -200,7 +216,7 @@ class Forward(Stage):
         await self._emit_all(ex, framer.close())
         if guard.blocked is not None:
             ex.deny_code = "tool_call_blocked"  # the stream ended with the policy's error event
-        await stream.write_eof()
+        # The response is ended by aiohttp after the audit record is written (see _relay).
 
     async def _read_whole(self, content: aiohttp.StreamReader) -> bytes:
         chunks: list[bytes] = []
