@@ -73,6 +73,7 @@ class Timeouts(BaseModel):
     connect: float = Field(5.0, gt=0, description="seconds to open a connection to the upstream")
     first_byte: float = Field(300.0, gt=0, description="seconds until the upstream sends response headers")
     idle: float = Field(120.0, gt=0, description="seconds of silence allowed between response chunks")
+    total: float = Field(3600.0, gt=0, description="seconds a whole answer may take, streamed ones included")
     client_idle: float = Field(30.0, gt=0, description="seconds of silence allowed while a client sends its body")
     keepalive: float = Field(75.0, gt=0, description="seconds an idle client connection stays open")
 

@@ -94,6 +94,7 @@ def build_pipeline(
         credential_header(settings.kind, settings.upstream_api_key),
         first_byte_timeout=settings.timeouts.first_byte,
         idle_timeout=settings.timeouts.idle,
+        total_timeout=settings.timeouts.total,
     )
     stages: list[Stage] = [
         *([guard] if guard is not None else []),

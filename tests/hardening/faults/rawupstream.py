@@ -13,6 +13,7 @@ import random
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -120,6 +121,19 @@ async def _slow_stream(up: RawUpstream, reader: asyncio.StreamReader, writer: as
     return False
 
 
+async def _drip_stream(up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
+    """Never silent for long, never done: an event every 0.2 s, for HOLD seconds, unless the gateway hangs up."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with up.holding(), contextlib.suppress(ConnectionError):
+        deadline = time.monotonic() + HOLD
+        while time.monotonic() < deadline and not reader.at_eof():
+            writer.write(chunk(SSE_EVENTS[0]))
+            await writer.drain()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(reader.read(), 0.2)
+    return False
+
+
 def _junk(data: bytes) -> Behaviour:
     async def send(up: RawUpstream, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bool:
         writer.write(data)
@@ -161,6 +175,7 @@ BEHAVIOURS: dict[str, Behaviour] = {
     "slow-head": _slow_head,
     "slow-body": _slow_body,
     "slow-stream": _slow_stream,
+    "drip-stream": _drip_stream,
     **{f"garbage-{name}": _junk(data) for name, data in GARBAGE.items()},
 }
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from tests.hardening.faults.client import Reply, send
 from tests.hardening.faults.harness import local_gateway, logs
-from tests.hardening.faults.rawupstream import GARBAGE, MARKER, RawUpstream
+from tests.hardening.faults.rawupstream import GARBAGE, HOLD, MARKER, RawUpstream
 from tests.hardening.faults.result import FaultResult, Ledger
 
 CHAT = "/v1/chat/completions"
@@ -113,16 +113,19 @@ def upstream_answers_garbage(workdir: Path, repeat: int = 1) -> FaultResult:
     return result
 
 
-def upstream_answers_slowly(workdir: Path, repeat: int = 1, first_byte: float = 1.5, idle: float = 1.0) -> FaultResult:
+def upstream_answers_slowly(
+    workdir: Path, repeat: int = 1, first_byte: float = 1.5, idle: float = 1.0, total: float = 2.5
+) -> FaultResult:
     """Late headers get 504 within the first-byte timeout; a body or stream that stalls is ended by the idle
-    timeout; while slow requests are held, a fast one on another connection is answered."""
+    timeout, one that drips forever by the total timeout; while slow requests are held, a fast one on another
+    connection is answered."""
     result = FaultResult("upstream_answers_slowly")
     ledger = Ledger(result)
     started = time.monotonic()
     upstream = RawUpstream().start()
     recovered = True
-    bound = first_byte + idle + 5  # the client gives up here: a timeout that never fires shows as "timeout"
-    settings: dict[str, object] = {"timeouts": {"first_byte": first_byte, "idle": idle}}
+    bound = first_byte + total + 5  # the client gives up here: a timeout that never fires shows as "timeout"
+    settings: dict[str, object] = {"timeouts": {"first_byte": first_byte, "idle": idle, "total": total}}
     try:
         with local_gateway(workdir, upstream.url, ledger, settings) as (gateway, key):
             for _ in range(repeat):
@@ -134,7 +137,13 @@ def upstream_answers_slowly(workdir: Path, repeat: int = 1, first_byte: float = 
                 held = upstream.held
                 threads = [
                     threading.Thread(target=client, args=args)
-                    for args in (("slow-head", False), ("slow-head", True), ("slow-body", False), ("slow-stream", True))
+                    for args in (
+                        ("slow-head", False),
+                        ("slow-head", True),
+                        ("slow-body", False),
+                        ("slow-stream", True),
+                        ("drip-stream", True),
+                    )
                 ]
                 for thread in threads:
                     thread.start()
@@ -153,10 +162,10 @@ def upstream_answers_slowly(workdir: Path, repeat: int = 1, first_byte: float = 
                     len(whole) == 3 and all((r.status, r.code) == (504, "upstream_timeout") for r in whole),
                     f"late head / stalled body must be 504: {statuses}",
                 )
-                ledger.check(
-                    any(r.status == 200 and not r.complete and r.error == "closed" for r in slow),
-                    f"a stalled stream must be cut: {statuses}",
-                )
+                cut = [r for r in slow if r.status == 200 and not r.complete and r.error == "closed"]
+                ledger.check(len(cut) == 2, f"a stalled and a dripping stream must both be cut: {statuses}")
+                # ... by the gateway: the dripping upstream itself would go on for HOLD seconds
+                ledger.check(all(r.seconds < HOLD / 2 for r in cut), f"a stream was not cut by a timeout: {statuses}")
                 recovered &= _healthy(ledger, gateway.port, key, "slow answers")
     finally:
         upstream.stop()

@@ -54,12 +54,14 @@ class Forward(Stage):
         *,
         first_byte_timeout: float,
         idle_timeout: float,
+        total_timeout: float = float("inf"),
     ) -> None:
         self.session = session
         self.base = base
         self.credential = credential
         self.first_byte_timeout = first_byte_timeout
         self.idle_timeout = idle_timeout
+        self.total_timeout = total_timeout
         self.emit: Emit | None = None  # set by the pipeline builder: the response-side stages
         self.book: MetricBook | None = None  # set by the pipeline builder: counts the streams open
         self._urls: dict[str, URL] = {}
@@ -115,7 +117,7 @@ class Forward(Stage):
         if not ex.stream and length is not None and length <= SMALL_BODY:
             body = content.read_nowait(length) if length else b""  # usually here already, with the head
             if len(body) < length:
-                body += await self._read(content.readexactly(length - len(body)))
+                body += await self._read(ex, content.readexactly(length - len(body)))
             ex.upstream_ms = (time.perf_counter() - sent) * 1000
             ex.response = web.Response(status=upstream.status, body=body, headers=headers)
             ex.bytes_out = length
@@ -135,7 +137,7 @@ class Forward(Stage):
             book.active_streams += 1
         try:
             while True:
-                chunk = await self._read(content.readany())
+                chunk = await self._read(ex, content.readany())
                 if not chunk:
                     break
                 if length is not None and ex.bytes_out + len(chunk) >= length:
@@ -169,7 +171,7 @@ class Forward(Stage):
         # parses the whole body, whatever Content-Type the upstream gave.
         ex.stream = plan.streamed
         if not plan.streamed:
-            body = await self._read_whole(content)
+            body = await self._read_whole(ex, content)
             ex.upstream_ms = (time.perf_counter() - sent) * 1000
             ex.bytes_out = len(body)
             framer.feed(body)
@@ -194,7 +196,7 @@ class Forward(Stage):
             book.active_streams += 1
         try:
             while guard.blocked is None:
-                chunk = await self._read(content.readany())
+                chunk = await self._read(ex, content.readany())
                 if not chunk:
                     out = guard.close()
                     if out:
@@ -218,11 +220,11 @@ class Forward(Stage):
             ex.deny_code = "tool_call_blocked"  # the stream ended with the policy's error event
         # The response is ended by aiohttp after the audit record is written (see _relay).
 
-    async def _read_whole(self, content: aiohttp.StreamReader) -> bytes:
+    async def _read_whole(self, ex: Exchange, content: aiohttp.StreamReader) -> bytes:
         chunks: list[bytes] = []
         size = 0
         while True:
-            chunk = await self._read(content.readany())
+            chunk = await self._read(ex, content.readany())
             if not chunk:
                 return b"".join(chunks)
             size += len(chunk)
@@ -230,11 +232,16 @@ class Forward(Stage):
                 raise UpstreamError("response_too_large", "The model's response is too large for the tool policy.")
             chunks.append(chunk)
 
-    async def _read(self, pending: Awaitable[bytes]) -> bytes:
+    async def _read(self, ex: Exchange, pending: Awaitable[bytes]) -> bytes:
+        # Silence is bounded by the idle timeout, the whole answer by the total one: an upstream that sends a byte
+        # just inside the idle timeout, forever, must not hold a request (and its concurrency slot) for ever.
+        left = ex.started + self.total_timeout - time.perf_counter()
         try:
-            async with asyncio.timeout(self.idle_timeout):
+            async with asyncio.timeout(min(self.idle_timeout, max(left, 0.0))):
                 return await pending
         except TimeoutError:
+            if left <= self.idle_timeout:
+                raise UpstreamTimeout("upstream_timeout", "The model server's answer took too long.") from None
             raise UpstreamTimeout("upstream_timeout", "The model server stopped sending.") from None
         except (aiohttp.ClientError, asyncio.IncompleteReadError):
             raise UpstreamError("upstream_broken", "The model server broke off the response.") from None
