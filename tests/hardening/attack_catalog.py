@@ -29,7 +29,8 @@ Bytes, in this order:
 `slow:` replaces `raw` with pieces [text, pause_seconds] sent one after another (at most SLOW_BUDGET seconds of
 pauses), each built like `raw` (steps 1-3; in a YAML double-quoted piece YAML's own escapes apply first, so "\n" is
 a line end and becomes CRLF); `probe_between: true` sends a normal request on another connection during every
-pause, and it must be served.
+pause, and it must be served; `closed_within: S` requires the gateway to close the connection within S seconds of
+the last piece (the deployments run with 2-second client timeouts), so a slow client is bounded in time.
 
 A case that breaks the schema is refused at load with its file and id (CatalogError).
 """
@@ -127,6 +128,7 @@ class Case(BaseModel):
     crlf: Literal["crlf", "literal"] = "crlf"
     slow: tuple[tuple[str, float], ...] = ()
     probe_between: bool = False
+    closed_within: float | None = Field(None, gt=0, le=10)  # after the last slow piece, the gateway must hang up
     must_not: MustNot
     expect_status: tuple[int, ...] = ()
     expect_statuses: tuple[int, ...] | None = None

@@ -22,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 from aiperimeter.keys import generate_key
 from tests.hardening.attack_catalog import (
     CATALOG,
@@ -142,6 +144,10 @@ class AttackEnv:
     def close(self) -> None:
         for gateway in self.gateways.values():
             gateway.stop()
+            # The audit log goes with the temporary directory below: what the leak check must read, it reads now.
+            audit = gateway.data_dir / "audit.jsonl"
+            if audit.exists():
+                LEAKS.texts.append(audit.read_text(errors="replace"))
         self.gateways.clear()
         self.deployments.clear()
         if self._own_upstream and self.upstream.port:
@@ -171,16 +177,17 @@ class AttackEnv:
             keys["ollama-tools:scoped_key"] = add_key(
                 data_dir, "tools-scoped", models=frozenset({"llama3"}), tool_policy="catalog"
             )[1]
+        # Short client timeouts, so that a slow client's case can show the gateway hangs up on it (`closed_within`).
+        settings = CLIENT_TIMEOUTS
         if kind == "llamacpp":
-            config = data_dir / "gateway.yaml"
-            config.write_text(f"cors_origins: ['{CORS_ORIGIN}']\n")
-            extra += ["--config", str(config)]
+            settings += f"cors_origins: ['{CORS_ORIGIN}']\n"
         if kind == "vllm":
-            config = data_dir / "gateway.yaml"
-            config.write_text(self.jwt.settings_yaml(data_dir))
-            extra += ["--config", str(config)]
+            settings += yaml.safe_dump(yaml.safe_load(self.jwt.settings_yaml(data_dir)))
+        config = data_dir / "gateway.yaml"
+        config.write_text(settings)
+        extra += ["--config", str(config)]
         for name, value in spellings(keys["key"]).items():
-            if name in ("key_truncated", "key_upper"):
+            if name not in ("key_id_only", "key_flipped"):  # the public id; a flipped key is the key but one char
                 LEAKS.secrets.add(value)
         LEAKS.secrets.add(keys["unknown_key"])
         return start_gateway(data_dir, self.upstream.url, kind, *extra, timeout=START_TIMEOUT), keys
@@ -191,6 +198,9 @@ class AttackEnv:
         for deployment in self.deployments.values():
             out |= {value for name, value in deployment.keys.items() if name != "key_id_only"}
         return out
+
+
+CLIENT_TIMEOUTS = "timeouts: {client_idle: 2.0, keepalive: 2.0}\n"
 
 
 def spellings(key: str) -> dict[str, str]:
@@ -318,7 +328,25 @@ def _send_slow(case: Case, env: AttackEnv, deployment: Deployment, ignored: list
                     if got[:1] != [200]:
                         reasons.append(f"a normal request during the slow client got {got or 'no answer'}")
                 time.sleep(max(0.0, pause - (time.monotonic() - started)))
-        return read_answer(sock, time.monotonic() + 1.0), reasons
+        answer = read_answer(sock, time.monotonic() + 1.0)
+        if case.closed_within is not None and not _closed_by_peer(sock, case.closed_within):
+            reasons.append(f"the gateway still held the slow client's connection {case.closed_within} s later")
+        return answer, reasons
+
+
+def _closed_by_peer(sock: socket.socket, within: float) -> bool:
+    """Whether the gateway closes the connection within `within` seconds (what it still sends is drained)."""
+    deadline = time.monotonic() + within
+    sock.settimeout(0.2)
+    while time.monotonic() < deadline:
+        try:
+            if not sock.recv(65536):
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True  # reset: closed as well
+    return False
 
 
 def run_case(env: AttackEnv, case: Case) -> Verdict:

@@ -288,6 +288,10 @@ class Gateway:
             access_log=None,
             auto_decompress=False,  # compressed request bodies are refused, never inflated
             keepalive_timeout=self.settings.timeouts.keepalive,
+            # After an answer to a request whose body was not read to its end (413, a body timeout), the rest is
+            # read and dropped for this long so the client sees the answer, not a reset; aiohttp's 10 s would let
+            # a slow client hold the connection five times longer than needed.
+            lingering_time=2.0,
             max_line_size=8190,
             max_field_size=8190,
             max_headers=100,

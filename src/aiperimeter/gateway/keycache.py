@@ -34,6 +34,10 @@ class KeyCache:
         self._cursor = -1
         self._task: asyncio.Task[None] | None = None
         self._probe: asyncio.Task[None] | None = None  # a lookup in the background while the store is down
+        # Bumped by every eviction: a lookup that began before one must not put back what it read, which may be
+        # the row as it was before the revocation that caused the eviction.
+        self._evictions = 0
+        self._stopped = False
 
     def cached(self, secret_hash: str) -> KeyRecord | None:
         entry = self._entries.get(secret_hash)
@@ -50,9 +54,10 @@ class KeyCache:
         if self.serving_stale and entry is not None and now - entry[1] < self.stale:
             # The store is known to be down: serve the verified key at once, and let one lookup in the background
             # find out whether the store is back, rather than make every request wait out the store's timeout.
-            if self._probe is None or self._probe.done():
+            if (self._probe is None or self._probe.done()) and not self._stopped:
                 self._probe = asyncio.create_task(self._recheck(secret_hash, now), name="key-store-probe")
             return entry[0]
+        evictions = self._evictions
         try:
             record = await self.store.by_hash(secret_hash)
         except BackendUnavailable:
@@ -63,21 +68,30 @@ class KeyCache:
                 self.serving_stale = True
                 return entry[0]
             raise
-        self._verified(secret_hash, record, now)
+        self._verified(secret_hash, record, now, evictions)
         return record
 
     async def _recheck(self, secret_hash: str, now: float) -> None:
+        evictions = self._evictions
         try:
             record = await self.store.by_hash(secret_hash)
         except BackendUnavailable:
             return  # still down: the next request past the TTL probes again
-        self._verified(secret_hash, record, now)
+        except Exception:
+            # Not the store being down: the stale entry is no longer trusted, so the next request asks the store
+            # itself and fails as the foreground lookup fails.
+            log.exception("key store probe failed")
+            self._entries.pop(secret_hash, None)
+            return
+        self._verified(secret_hash, record, now, evictions)
 
-    def _verified(self, secret_hash: str, record: KeyRecord | None, now: float) -> None:
+    def _verified(self, secret_hash: str, record: KeyRecord | None, now: float, evictions: int) -> None:
         if self.serving_stale:
             log.info("key store available again")
             self.serving_stale = False
-        if record is not None:
+        if evictions != self._evictions:
+            self._entries.pop(secret_hash, None)  # read before an eviction: the next request reads afresh
+        elif record is not None:
             if len(self._entries) >= self.max_entries:
                 self._entries.clear()
             self._entries[secret_hash] = (record, now)
@@ -85,9 +99,11 @@ class KeyCache:
             self._entries.pop(secret_hash, None)
 
     def clear(self) -> None:
+        self._evictions += 1
         self._entries.clear()
 
     def evict(self, key_ids: set[str]) -> None:
+        self._evictions += 1
         for secret_hash in [h for h, (r, _) in self._entries.items() if r.id in key_ids]:
             del self._entries[secret_hash]
 
@@ -96,6 +112,7 @@ class KeyCache:
         self._task = asyncio.create_task(self._follow(), name="key-change-follower")
 
     async def stop(self) -> None:
+        self._stopped = True
         for task in (self._task, self._probe):
             if task is not None:
                 task.cancel()

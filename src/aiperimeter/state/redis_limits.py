@@ -23,6 +23,7 @@ same limiter works again as soon as Redis is back. Outages are logged once, and 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 from collections.abc import Sequence
@@ -253,7 +254,11 @@ class RedisLimiter:
             if isinstance(exc, (RedisConnectionError, OSError)):
                 # The idle pooled connections are as dead as this one: dropped, so that once Redis is back each
                 # call connects afresh instead of failing once per stale connection (and falling back for it).
-                await self.redis.connection_pool.disconnect(inuse_connections=False)
+                # Best effort and bounded: closing a dead socket can itself time out, and this path must only ever
+                # end in BackendUnavailable (the caller's fallback, the lease renewer's retry).
+                with contextlib.suppress(RedisError, OSError, TimeoutError):
+                    async with asyncio.timeout(1.0):
+                        await self.redis.connection_pool.disconnect(inuse_connections=False)
             raise BackendUnavailable("limits_unavailable", "The rate limit store is unavailable.") from exc
         if not self.available:
             log.info("limits store available again")
