@@ -51,10 +51,21 @@ def _host(host: str | None) -> str:
     return name if _RESOLVABLE.fullmatch(name) else ""
 
 
+def _whatwg_host(url: str) -> str | None:
+    """The host a WHATWG reader (browsers, Node's fetch) takes for a special scheme: any run of '/' and '\\' after
+    the scheme is skipped, the authority ends at '/', '\\', '?' or '#', user info ends at its last '@'."""
+    scheme, colon, rest = url.partition(":")
+    if not colon or scheme.lower() not in ("http", "https"):
+        return None
+    authority = re.split(r"[/\\?#]", rest.lstrip("/\\"), maxsplit=1)[0]
+    host = authority.rpartition("@")[2]
+    return host[: host.index("]") + 1] if host.startswith("[") and "]" in host else host.partition(":")[0]
+
+
 def _reader_hosts(url: str) -> set[str]:
     """The host each independent reader takes; one that refuses the URL reaches none."""
     hosts = set()
-    for read in (lambda: urlsplit(url).hostname, lambda: yarl.URL(url).host):
+    for read in (lambda: urlsplit(url).hostname, lambda: yarl.URL(url).host, lambda: _whatwg_host(url)):
         try:
             hosts.add(_host(read()))
         except ValueError:
