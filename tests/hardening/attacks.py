@@ -389,6 +389,14 @@ def run_case(env: AttackEnv, case: Case) -> Verdict:
     if case.expect_statuses is not None and tuple(got) != case.expect_statuses:
         reasons.append(f"expected the statuses {list(case.expect_statuses)}, got {got}")
     reasons += _still_serving(env, deployment)
+    # Whatever reached the upstream after the answer was read (a request forwarded late, behind the normal one),
+    # other than the normal request itself, is judged too.
+    method, path, body = HEALTH[deployment.name]
+    late = [c for c in env.upstream.calls() if not any(c is i for i in ignored) and not any(c is k for k in calls)]
+    normal = next((c for c in late if (c.method, c.raw_path, c.body) == (method, path, body.encode())), None)
+    for call in late:
+        if call is not normal and any(rule.matches(call) for rule in must_not.rules()):
+            reasons.append(f"reached the upstream late: {call.method} {call.raw_path[:120]}")
     env.upstream.clear()
     return Verdict(
         case.id, case.category, not reasons, tuple(reasons), first, tuple(f"{c.method} {c.raw_path}" for c in calls)
