@@ -22,6 +22,7 @@ from tests.hardening.fuzz.engine import (
     TargetReport,
     fuzz_target,
     measure_rates,
+    merged,
     split_budget,
 )
 
@@ -42,7 +43,7 @@ def run(
     """Fuzz `targets` (all by default) with `inputs` inputs in total, shared out by `split_budget`. With
     `time_limit` (seconds, after a short speed probe) each target also stops at its part of that time."""
     chosen = [TARGETS[name] for name in (targets or TARGETS)]
-    rates = measure_rates(chosen, seed)
+    rates, probes = measure_rates(chosen, seed, failures_dir=failures_dir)
     shares = split_budget(inputs, rates)
     expected = {name: shares[name] / rates[name] for name in shares}  # seconds each target should take
     ends = None if time_limit is None else time.monotonic() + time_limit
@@ -52,5 +53,6 @@ def run(
         if ends is not None:  # this target's part of the time left, in proportion to what it was expected to take
             left = sum(expected[t.name] for t in chosen[n:])
             deadline = time.monotonic() + (ends - time.monotonic()) * expected[target.name] / left
-        reports.append(fuzz_target(target, shares[target.name], seed, deadline=deadline, failures_dir=failures_dir))
+        report = fuzz_target(target, shares[target.name], seed, deadline=deadline, failures_dir=failures_dir)
+        reports.append(merged(report, probes[target.name]))
     return FuzzReport(seed, reports)

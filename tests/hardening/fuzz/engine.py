@@ -236,13 +236,27 @@ def fuzz_target(
     return report
 
 
-def measure_rates(targets: Sequence[Target], seed: int, seconds: float = 0.25) -> dict[str, float]:
-    """Inputs per second of each target, from a short run (its failures are found again by the real run)."""
-    rates = {}
+def measure_rates(
+    targets: Sequence[Target], seed: int, seconds: float = 0.25, failures_dir: Path | None = None
+) -> tuple[dict[str, float], dict[str, TargetReport]]:
+    """Inputs per second of each target, from a short run whose inputs (and failures) count like any others."""
+    rates, probes = {}, {}
     for target in targets:
-        probe = fuzz_target(target, 10**9, seed + 1, deadline=time.monotonic() + seconds)
+        probe = fuzz_target(target, 10**9, seed + 1, deadline=time.monotonic() + seconds, failures_dir=failures_dir)
         rates[target.name] = max(probe.exec_per_second, 1.0)
-    return rates
+        probes[target.name] = probe
+    return rates, probes
+
+
+def merged(report: TargetReport, probe: TargetReport) -> TargetReport:
+    """One target's report with its speed probe's inputs, failures and time added."""
+    report.inputs += probe.inputs
+    report.crashes += probe.crashes
+    report.hangs += probe.hangs
+    report.oracle_failures += probe.oracle_failures
+    report.seconds += probe.seconds
+    report.examples = [*probe.examples, *report.examples][: MAX_EXAMPLES * 3]
+    return report
 
 
 def split_budget(total: int, rates: dict[str, float]) -> dict[str, int]:
