@@ -20,6 +20,7 @@ leaked secret), so `make soak` is a gate, not only a report.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -113,15 +114,20 @@ def part_fuzz(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], 
 def part_faults(args: argparse.Namespace, workdir: Path) -> tuple[dict[str, Any], list[str]]:
     from tests.hardening.faults import run_all
 
-    results = [r.to_dict() for r in run_all(workdir, scale=args.fault_scale)]
+    results = [asdict(r) for r in run_all(workdir, scale=args.fault_scale)]
     misses = []
     for r in results:
+        name = f"fault {r['name']}"
+        if r["skipped"]:
+            misses.append(f"{name}: could not run: {r['skipped']}")
+            continue
+        misses += [f"{name}: {violation}" for violation in r["violations"]]  # the fail-closed checks among them
         if r["records_lost"]:
-            misses.append(f"fault {r['name']}: {r['records_lost']} audit records lost")
+            misses.append(f"{name}: {r['records_lost']} audit records lost")
         if r["gateway_errors"]:
-            misses.append(f"fault {r['name']}: {r['gateway_errors']} errors the fault does not explain")
+            misses.append(f"{name}: {r['gateway_errors']} errors the fault does not explain")
         if not r["recovered"]:
-            misses.append(f"fault {r['name']}: the gateway did not recover by itself")
+            misses.append(f"{name}: the gateway did not recover by itself")
     return {"scenarios": results}, misses
 
 
@@ -261,11 +267,13 @@ def render() -> str:
                 s["audit_records"],
                 s["records_lost"],
                 s["gateway_errors"],
+                len(s["violations"]),
                 "yes" if s["recovered"] else "**no**",
             ]
             for s in faults["result"]["scenarios"]
         ]
-        head = ["fault", "injected", "requests", "answered", "audit records", "lost", "gateway errors", "recovered"]
+        head = ["fault", "injected", "requests", "answered", "audit records", "lost", "gateway errors", "violations"]
+        head += ["recovered"]
         lines += _table(head, rows)
     if soaked:
         r = soaked["result"]
@@ -304,6 +312,10 @@ def render() -> str:
 
 
 def main() -> int:
+    # The fault scenarios need PostgreSQL (a cuttable relay in front of it) and start their own redis-server; the
+    # defaults are the local services that `.ci/run` uses.
+    os.environ.setdefault("AIPERIMETER_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+    os.environ.setdefault("AIPERIMETER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--part", action="append", choices=PARTS, help="run only this part (repeatable)")
     parser.add_argument("--render", action="store_true", help="only render the report from the stored parts")
