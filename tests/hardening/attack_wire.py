@@ -29,11 +29,12 @@ def read_answer(sock: socket.socket, deadline: float, idle: float = 0.5) -> byte
     return received
 
 
-def exchange(port: int, data: bytes, timeout: float = 3.0) -> bytes:
+def exchange(port: int, data: bytes, timeout: float = 3.0, idle: float = 0.5) -> bytes:
+    """Send exact bytes on one connection; return everything the gateway answers until it closes or goes quiet."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
         with contextlib.suppress(OSError):  # refused early (413, 431): read what it answered
             sock.sendall(data)
-        return read_answer(sock, time.monotonic() + timeout)
+        return read_answer(sock, time.monotonic() + timeout, idle)
 
 
 def statuses(answer: bytes) -> list[int]:

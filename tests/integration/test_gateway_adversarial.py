@@ -21,6 +21,7 @@ import orjson
 import pytest
 from aiohttp import web
 
+from tests.hardening.attack_wire import exchange
 from tests.support.gateway import GatewayProcess, add_key, start_gateway
 from tests.support.http import raw, request
 from tests.support.upstream import FakeUpstream, Seen
@@ -79,31 +80,6 @@ def message(method: str, target: str, body: bytes | None = None, *, key: str | N
 
 def chunked(body: bytes) -> bytes:
     return f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
-
-
-def exchange(port: int, data: bytes, *, timeout: float = 3.0, idle: float = 0.5) -> bytes:
-    """Send exact bytes on one connection; return everything the gateway answers until it closes or goes quiet."""
-    received = b""
-    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-        try:
-            sock.sendall(data)
-        except OSError:
-            return received
-        sock.settimeout(idle)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                chunk = sock.recv(65536)
-            except TimeoutError:
-                if received:
-                    break
-                continue
-            except OSError:
-                break
-            if not chunk:
-                break
-            received += chunk
-    return received
 
 
 def statuses(data: bytes) -> list[int]:
