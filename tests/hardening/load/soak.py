@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import math
 import os
+import statistics
 import time
 from array import array
 from collections.abc import Callable
@@ -68,7 +69,7 @@ class SoakResult:
     rss_kib_end: int
     rss_drift_mib: float
     rss_drift_pct: float
-    p99_ratio: float  # last window's p99 / first window's
+    p99_ratio: float  # median window p99 of the last third / of the first third
     client_cpu_pct: float  # of one core
     gateway_cpu_pct: float
     upstream_cpu_pct: float
@@ -300,7 +301,10 @@ def _summarise(
     rss_before, rss_start, rss_end = rss
     drift_mib = (rss_end - rss_start) / 1024
     drift_pct = 100 * (rss_end - rss_start) / rss_start if rss_start else 0.0
-    first, last = windows[0].p99_ms, windows[-1].p99_ms
+    # The trend, not one noisy minute: the median window p99 of the last third against that of the first third.
+    third = max(1, len(windows) // 3)
+    first = statistics.median(w.p99_ms for w in windows[:third])
+    last = statistics.median(w.p99_ms for w in windows[-third:])
     p99_ratio = round(last / first, 2) if first else 0.0
     client, gateway, upstream, other, wall = cpu
     lag_p99 = ms(percentile(rec.lags, 0.99))
@@ -347,7 +351,7 @@ def _summarise(
         "all_answered": rec.done == requests,
         "no_gateway_errors": gateway_errors == 0,
         "no_client_errors": client_errors == 0,
-        # a p99 within 1.5x of the first window's, or within 5 ms of it (tiny latencies jitter by ratio)
+        # the last third's p99 within 1.5x of the first third's, or within 5 ms (tiny latencies jitter by ratio)
         "latency_flat": p99_ratio <= 1.5 or (last - first) <= 5.0,
         "memory_flat": drift_pct <= 10.0 or drift_mib <= 5.0,
         "client_kept_up": lag_p99 <= 50.0,
