@@ -54,7 +54,7 @@ class Forward(Stage):
         *,
         first_byte_timeout: float,
         idle_timeout: float,
-        total_timeout: float = float("inf"),
+        total_timeout: float,
     ) -> None:
         self.session = session
         self.base = base
